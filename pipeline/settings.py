@@ -1,0 +1,174 @@
+"""settings.toml → one typed, validated ``Settings`` object; secrets come only from the environment.
+
+Every option has its help text here (``description``) and a comment in ``settings.toml``; a test keeps
+both in step. Relative paths are resolved against the directory of the settings file, so commands work
+from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import Problem, SettingsError
+from pipeline.validation import field_errors
+
+SETTINGS_ENV = "NEWSLETTER_SETTINGS"
+SECRET_ENV_NAMES = ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "SMTP_PASSWORD")
+
+
+def _email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{value}' (use an IANA name such as Europe/London)") from None
+    return value
+
+
+def _base_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an absolute http(s) URL such as https://news.example.org")
+    return value.rstrip("/")
+
+
+Email = Annotated[str, AfterValidator(_email)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class NewsletterSettings(Section):
+    name: NonEmpty = Field(description="The newsletter's name, shown in the masthead and the From name.")
+    base_url: Annotated[str, AfterValidator(_base_url)] = Field(
+        description="Public URL of `newsletter serve`: unsubscribe, preferences and view-in-browser links."
+    )
+    postal_address: NonEmpty = Field(description="Sender's postal address; required in every footer by law.")
+    timezone: TimeZone = Field("UTC", description="IANA time zone in which issue dates are read.")
+    language: NonEmpty = Field("en", description="BCP 47 language tag of the newsletter (the html lang).")
+    default_template: NonEmpty = Field("weekly", description="Template used when an issue names none.")
+    default_segments: list[NonEmpty] = Field(
+        ["everyone"], min_length=1, description="Segments an issue goes to when it names none."
+    )
+    first_name_fallback: NonEmpty = Field("there", description="Greeting when a subscriber has no name.")
+    issues_dir: Path = Field(Path("issues"), description="Folder of the issue YAML files.")
+    templates_dir: Path = Field(Path("templates"), description="Folder of the Jinja2 templates.")
+
+
+class SenderSettings(Section):
+    from_email: Email = Field(description="Address messages are sent from.")
+    from_name: NonEmpty = Field(description="Display name messages are sent from.")
+    reply_to: Email | None = Field(None, description="Where replies go; defaults to from_email.")
+    unsubscribe_mailto: Email | None = Field(
+        None, description="Mailbox for mailto: unsubscribes in List-Unsubscribe; omitted when unset."
+    )
+
+
+class StoreSettings(Section):
+    url: NonEmpty = Field(
+        "sqlite:///var/newsletter.db",
+        description="SQLAlchemy URL; sqlite:///relative/path is under the project, or postgresql+psycopg://…",
+    )
+
+
+class DeliverySettings(Section):
+    transport: Literal["outbox", "smtp", "sendgrid"] = Field("outbox", description="How messages leave.")
+    rate_per_second: float = Field(50.0, gt=0, description="Messages per second across all transports.")
+    batch_size: int = Field(500, ge=1, le=1000, description="Recipients claimed from the ledger at once.")
+    outbox_dir: Path = Field(Path("outbox"), description="Where the outbox transport writes .eml files.")
+
+
+class SmtpSettings(Section):
+    host: NonEmpty = Field("localhost", description="SMTP server host name.")
+    port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls upgrades a plain connection; tls is implicit TLS (port 465)."
+    )
+    username: str | None = Field(None, description="Login name; the password comes from SMTP_PASSWORD.")
+    connections: int = Field(4, ge=1, le=64, description="Parallel SMTP connections.")
+    timeout: float = Field(30.0, gt=0, description="Seconds before a silent server is given up on.")
+
+
+class SendGridSettings(Section):
+    host: NonEmpty = Field("https://api.sendgrid.com", description="API host; the key is SENDGRID_API_KEY.")
+    timeout: float = Field(30.0, gt=0, description="Seconds before a request is abandoned and retried.")
+    concurrency: int = Field(4, ge=1, le=32, description="Requests in flight at once.")
+    max_retries: int = Field(6, ge=0, le=20, description="Retries of a request on 429, 5xx or network errors.")
+    categories: list[NonEmpty] = Field([], max_length=10, description="Categories added to every message.")
+
+
+class Settings(Section):
+    """The whole settings file. ``root`` is the folder it was read from (not a key in the file)."""
+
+    newsletter: NewsletterSettings
+    sender: SenderSettings
+    store: StoreSettings = StoreSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    smtp: SmtpSettings = SmtpSettings()
+    sendgrid: SendGridSettings = SendGridSettings()
+    root: Path = Field(Path("."), exclude=True)
+
+    def path(self, relative: Path) -> Path:
+        """``relative`` resolved against the settings file's folder."""
+        return relative if relative.is_absolute() else self.root / relative
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path anchored at the project root."""
+        url = self.store.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+            return prefix + str(self.path(Path(url.removeprefix(prefix))).resolve())
+        return url
+
+
+def find_settings_file(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else $NEWSLETTER_SETTINGS, else ./settings.toml."""
+    candidate = Path(explicit or os.environ.get(SETTINGS_ENV) or "settings.toml")
+    if not candidate.is_file():
+        raise SettingsError(f"{candidate}: settings file not found (use --settings PATH or ${SETTINGS_ENV})")
+    return candidate
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the settings file; every problem is reported, each naming its key."""
+    file = find_settings_file(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{file}: error: TOML syntax: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{file}: error: cannot read: {exc}") from None
+    if "root" in raw:
+        raise SettingsError(f"{file}: error: root: unknown key 'root'")
+    try:
+        return Settings.model_validate({**raw, "root": file.resolve().parent})
+    except ValidationError as exc:
+        problems = [
+            Problem(str(file), error.message, field=".".join(map(str, error.path)))
+            for error in field_errors(exc, Settings)
+        ]
+        raise SettingsError("\n".join(map(str, problems))) from None
+
+
+def secret(name: str) -> str | None:
+    """A secret from the environment (never from a file in the repo); empty counts as unset."""
+    if name not in SECRET_ENV_NAMES:
+        raise KeyError(name)
+    return os.environ.get(name) or None
