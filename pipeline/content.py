@@ -109,13 +109,24 @@ def _location_problems(path: Path, issue_date: dt.date | None) -> list[Problem]:
     match = FILE_NAME.match(path.stem)
     if not match:
         return [
-            Problem(str(path), "file name should be YYYY-MM-DD-slug.yaml (lower-case slug)", 1, 1,
-                    severity=Severity.WARNING)
+            Problem(
+                str(path),
+                "file name should be YYYY-MM-DD-slug.yaml (lower-case slug)",
+                1,
+                1,
+                severity=Severity.WARNING,
+            )
         ]
     if issue_date is not None and match["date"] != issue_date.isoformat():
         return [
-            Problem(str(path), f"file name says {match['date']} but date is {issue_date}", 1, 1, "date",
-                    Severity.WARNING)
+            Problem(
+                str(path),
+                f"file name says {match['date']} but date is {issue_date}",
+                1,
+                1,
+                "date",
+                Severity.WARNING,
+            )
         ]
     return []
 
@@ -134,7 +145,9 @@ def parse_issue(text: str, path: Path) -> tuple[Issue | None, list[Problem]]:
     except ValidationError as exc:
         for error in field_errors(exc, Issue):
             position = located.position(error.path, prefer_key=error.at_key)
-            problems.append(Problem(source, error.message, position.line, position.column, dotted(error.path)))
+            problems.append(
+                Problem(source, error.message, position.line, position.column, dotted(error.path))
+            )
         problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         return None, problems
     return issue, problems + _location_problems(path, issue.date)

@@ -16,10 +16,10 @@ Where the input has a place, the message names it as ``FILE:LINE:COL: FIELD: mes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 

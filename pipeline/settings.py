@@ -69,6 +69,9 @@ class NewsletterSettings(Section):
     first_name_fallback: NonEmpty = Field("there", description="Greeting when a subscriber has no name.")
     issues_dir: Path = Field(Path("issues"), description="Folder of the issue YAML files.")
     templates_dir: Path = Field(Path("templates"), description="Folder of the Jinja2 templates.")
+    segments_file: Path = Field(
+        Path("subscribers/segments.toml"), description="Named audience segments (rules over tags etc.)."
+    )
 
 
 class SenderSettings(Section):
@@ -109,7 +112,9 @@ class SendGridSettings(Section):
     host: NonEmpty = Field("https://api.sendgrid.com", description="API host; the key is SENDGRID_API_KEY.")
     timeout: float = Field(30.0, gt=0, description="Seconds before a request is abandoned and retried.")
     concurrency: int = Field(4, ge=1, le=32, description="Requests in flight at once.")
-    max_retries: int = Field(6, ge=0, le=20, description="Retries of a request on 429, 5xx or network errors.")
+    max_retries: int = Field(
+        6, ge=0, le=20, description="Retries of a request on 429, 5xx or network errors."
+    )
     categories: list[NonEmpty] = Field([], max_length=10, description="Categories added to every message.")
 
 

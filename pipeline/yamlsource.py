@@ -109,5 +109,3 @@ def load_located(text: str, source: str) -> tuple[LocatedData | None, list[Probl
         return None, [Problem(source, f"YAML syntax: {exc}")]
     finally:
         loader.dispose()
-
-

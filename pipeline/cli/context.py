@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -23,3 +25,9 @@ class CliContext:
 
 
 pass_context = click.make_pass_decorator(CliContext)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it: shorter, and clickable."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative

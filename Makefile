@@ -1,0 +1,52 @@
+# Two commands matter: `make demo` (the main job on the embedded default) and `make test` (everything CI runs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+NEWEST_ISSUE = $(lastword $(sort $(wildcard issues/????-??-??-*.yaml)))
+
+.PHONY: demo test lint typecheck unit golden system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: check the sample issues and render the newest one (HTML, text, .eml) into rendered/
+demo: $(STAMP)
+	$(BIN)/newsletter check
+	$(BIN)/newsletter render $(NEWEST_ISSUE)
+
+## system-deps: Debian's Chromium (page tests) and PostgreSQL (store tests), when missing
+system-deps:
+	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "Installing Chromium and PostgreSQL from Debian's packages"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium fonts-dejavu-core postgresql >/dev/null; \
+	fi
+
+## test: lint, type-check and the whole test suite (what CI runs)
+test: $(STAMP) system-deps lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -W error
+
+## golden: regenerate tests/golden/ after an intended template change (review the diff!)
+golden: $(STAMP)
+	$(BIN)/python -m tests.golden
+
+## bench: print the performance figures (not part of `make test`)
+bench: $(STAMP)
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache
