@@ -1,21 +1,27 @@
-"""A personalised copy → an RFC 5322 message with the headers mailbox providers require of bulk mail.
+"""Rendered issue → RFC 5322 messages, encoded once per issue and completed per recipient in microseconds.
 
-multipart/alternative with the text part first (clients show the last part they can display), and
-one-click unsubscribe per RFC 8058: ``List-Unsubscribe`` with an https URL (plus mailto when set) and
-``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.
+The MIME structure, static headers and quoted-printable bodies are built once (``MessageTemplate``);
+each recipient adds To, Message-ID, Date, List-Unsubscribe and their few substituted values, each
+encoded on its own soft-broken line so no line passes 76 characters. multipart/alternative carries the
+text part first (clients show the last part they can display). One-click unsubscribe per RFC 8058.
 """
 
 from __future__ import annotations
 
+import binascii
+import html
 import re
+import secrets
 from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, make_msgid
 
-from pipeline.recipient import Recipient
-from pipeline.render import PersonalisedMessage
+from pipeline.recipient import PersonalFields, Recipient
+from pipeline.render import RenderedIssue, SplitTemplate
 from pipeline.settings import Settings
+
+CRLF = b"\r\n"
+_SOFT_BREAK = b"=\r\n"
 
 
 def list_id(settings: Settings) -> str:
@@ -30,43 +36,112 @@ def list_unsubscribe(settings: Settings, unsubscribe_url: str) -> str:
     return f"<{unsubscribe_url}>" + (f", <mailto:{mailto}?subject=unsubscribe>" if mailto else "")
 
 
-def list_headers(settings: Settings, unsubscribe_url: str) -> dict[str, str]:
-    """The list headers every transport sends, whatever its wire format."""
-    return {
-        "List-Unsubscribe": list_unsubscribe(settings, unsubscribe_url),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        "List-Id": list_id(settings),
-    }
+def static_list_headers(settings: Settings) -> dict[str, str]:
+    """The list headers that are the same for every recipient (List-Unsubscribe is per recipient)."""
+    return {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": list_id(settings)}
 
 
-def _address(email: str, name: str | None) -> Address:
-    local, _, domain = email.rpartition("@")
-    return Address(display_name=name or "", username=local, domain=domain)
+def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends; lines stay within 76 characters."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", CRLF)
 
 
-def build_message(
-    settings: Settings,
-    copy: PersonalisedMessage,
-    recipient: Recipient,
-    unsubscribe_url: str,
-    *,
-    message_id: str | None = None,
-    date: datetime | None = None,
-    extra_headers: dict[str, str] | None = None,
-) -> EmailMessage:
-    """The complete message for one recipient."""
-    sender = settings.sender
-    domain = sender.from_email.rpartition("@")[2]
-    message = EmailMessage()
-    message["From"] = _address(sender.from_email, sender.from_name)
-    message["To"] = _address(recipient.email, recipient.name)
-    if sender.reply_to:
-        message["Reply-To"] = sender.reply_to
-    message["Subject"] = copy.subject
-    message["Date"] = format_datetime(date or datetime.now(UTC))
-    message["Message-ID"] = message_id or make_msgid(domain=domain)
-    for name, value in {**list_headers(settings, unsubscribe_url), **(extra_headers or {})}.items():
-        message[name] = value
-    message.set_content(copy.text)
-    message.add_alternative(copy.html, subtype="html")
-    return message
+def _header(name: str, value: str) -> bytes:
+    """One header line, RFC 2047-encoded and folded by the email package (used once per issue)."""
+    return str(SMTP.fold(name, value)).encode("ascii")
+
+
+def _ascii_header(name: str, value: str) -> bytes:
+    """A per-recipient header whose value is already ASCII: folded after commas, cheaply."""
+    line = f"{name}: {value}"
+    if len(line) > 78:
+        line = line.replace(", ", ",\r\n ")
+    return line.encode("ascii") + CRLF
+
+
+class _EncodedBody:
+    """A split template whose fixed chunks are quoted-printable once; values are encoded per copy."""
+
+    def __init__(self, template: SplitTemplate, escape: bool) -> None:
+        self.chunks = [_qp(chunk) for chunk in template.chunks]
+        self.fields = template.fields
+        self.escape = escape
+
+    def encode(self, values: dict[str, str]) -> bytes:
+        parts = [self.chunks[0]]
+        encoded = {name: _qp(html.escape(value) if self.escape else value) for name, value in values.items()}
+        for name, chunk in zip(self.fields, self.chunks[1:], strict=True):
+            parts += (_SOFT_BREAK, encoded[name], _SOFT_BREAK, chunk)
+        return b"".join(parts)
+
+
+class MessageTemplate:
+    """One issue's message for any recipient: encode once, then ``build`` per recipient."""
+
+    def __init__(self, settings: Settings, rendered: RenderedIssue, *, subject_prefix: str = "") -> None:
+        sender = settings.sender
+        self.settings = settings
+        self.domain = sender.from_email.rpartition("@")[2]
+        self.subject = f"{subject_prefix}{rendered.subject}"
+        self.html = _EncodedBody(rendered.html, escape=True)
+        self.text = _EncodedBody(rendered.text, escape=False)
+        boundary = self._boundary()
+        static = {
+            "From": formataddr((sender.from_name, sender.from_email), charset="utf-8"),
+            **({"Reply-To": sender.reply_to} if sender.reply_to else {}),
+            "Subject": self.subject,
+            **static_list_headers(settings),
+            "MIME-Version": "1.0",
+            "Content-Type": f'multipart/alternative; boundary="{boundary}"',
+        }
+        self.static_headers = b"".join(_header(name, value) for name, value in static.items())
+        part = b'Content-Type: %s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        self.text_opening = b"\r\n--" + boundary.encode() + CRLF + part % b"text/plain"
+        self.html_opening = b"\r\n--" + boundary.encode() + CRLF + part % b"text/html"
+        self.closing = b"\r\n--" + boundary.encode() + b"--\r\n"
+
+    def _boundary(self) -> str:
+        while True:
+            boundary = f"=_nl_{secrets.token_hex(12)}"
+            if all(boundary.encode() not in chunk for chunk in (*self.html.chunks, *self.text.chunks)):
+                return boundary
+
+    def message_id(self) -> str:
+        return make_msgid(domain=self.domain)
+
+    def build(
+        self,
+        recipient: Recipient,
+        fields: PersonalFields,
+        *,
+        message_id: str,
+        date: datetime | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """The complete message for one recipient, CRLF line ends, ready for SMTP or a .eml file."""
+        values = {
+            "first_name": fields.first_name,
+            "email": fields.email,
+            "unsubscribe_url": fields.unsubscribe_url,
+            "preferences_url": fields.preferences_url,
+        }
+        personal = {
+            "To": formataddr((recipient.name or "", recipient.email), charset="utf-8"),
+            "Date": format_datetime(date or datetime.now(UTC)),
+            "Message-ID": message_id,
+            "List-Unsubscribe": list_unsubscribe(self.settings, fields.unsubscribe_url),
+        }
+        extra = b"".join(_header(name, value) for name, value in (extra_headers or {}).items())
+        return b"".join(
+            (
+                *(_ascii_header(name, value) for name, value in personal.items()),
+                extra,
+                self.static_headers,
+                b"\r\nThis is a multi-part message in MIME format.\r\n",
+                self.text_opening,
+                self.text.encode(values),
+                self.html_opening,
+                self.html.encode(values),
+                self.closing,
+            )
+        )

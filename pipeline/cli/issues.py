@@ -13,7 +13,7 @@ from pipeline.content import issue_paths, load_issue
 from pipeline.errors import Severity
 from pipeline.links import Links
 from pipeline.lint import SAMPLE_RECIPIENT, check_paths
-from pipeline.message import build_message
+from pipeline.message import MessageTemplate
 from pipeline.recipient import Recipient
 from pipeline.render import personalise
 from pipeline.render import render as render_issue
@@ -70,12 +70,16 @@ def render(ctx: CliContext, issue: Path, out_dir: Path, email: str, name: str) -
     recipient = Recipient(SAMPLE_RECIPIENT.subscriber_id, email, name or None)
     fields = Links(settings, Signer(load_secret_key(settings))).personal_fields(recipient)
     copy = personalise(rendered, fields)
-    message = build_message(settings, copy, recipient, fields.unsubscribe_url)
+    template = MessageTemplate(settings, rendered)
+    message = template.build(recipient, fields, message_id=template.message_id())
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix, content in ((".html", copy.html), (".txt", copy.text), (".eml", message.as_string())):
+    for suffix, content in ((".html", copy.html), (".txt", copy.text), (".eml", message)):
         path = out_dir / f"{issue_file.slug}{suffix}"
-        path.write_text(content, encoding="utf-8")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
         written.append(path)
     console.print(f"Rendered [bold]{issue_file.issue.subject}[/] for {email}:")
     for path in written:

@@ -1,0 +1,75 @@
+"""What every transport shares: a batch in, one outcome per recipient out.
+
+A transport never touches the store. ``Outcome.status`` is ``sent`` (the server accepted the message),
+``failed`` (it refused it, with the reason), ``unsent`` (it was never handed over: the server could not
+be reached or kept asking us to wait; the row goes back to the queue) or ``in_doubt`` (it may have been
+accepted: a connection lost after the message was handed over). In-doubt rows are never retried silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pipeline.message import MessageTemplate
+from pipeline.recipient import PersonalFields, Recipient
+from pipeline.render import RenderedIssue
+
+OutcomeStatus = Literal["sent", "failed", "in_doubt", "unsent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One recipient's copy within a batch; ``delivery_id`` is its ledger row (0 for test sends)."""
+
+    delivery_id: int
+    recipient: Recipient
+    fields: PersonalFields
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    campaign_id: int | None
+    rendered: RenderedIssue
+    message: MessageTemplate
+    envelopes: list[Envelope]
+    send_at: int | None = None
+    """Unix time at which the provider should deliver (SendGrid ``send_at``); None means now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivery_id: int
+    status: OutcomeStatus
+    message_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters a benchmark or progress display can read; transports update them."""
+
+    requests: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    waited_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Transport(Protocol):
+    name: str
+    concurrency: int
+    """How many ``send`` calls may run at once (parallel connections or requests)."""
+    max_batch: int
+    """The most envelopes one ``send`` call takes (SendGrid: 1000 personalizations)."""
+    stats: TransportStats
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        """Deliver the batch; one outcome per envelope, in any order. Thread-safe."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def all_outcomes(batch: Batch, status: OutcomeStatus, error: str | None = None) -> list[Outcome]:
+    return [Outcome(e.delivery_id, status, None, error) for e in batch.envelopes]

@@ -1,0 +1,68 @@
+"""The default transport: every message as an .eml file, so the whole pipeline runs without an account.
+
+Files are written atomically (temporary file, fsync, rename), named after the ledger row, so a crash
+never leaves a half-written message and a resent row overwrites its own file instead of adding one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from pipeline.transports.base import Batch, Outcome, TransportStats, all_outcomes
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text)[:80]
+
+
+class OutboxTransport:
+    name = "outbox"
+    max_batch = 1000
+    concurrency = 1
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.stats = TransportStats()
+
+    def folder(self, campaign_id: int | None, slug: str) -> Path:
+        return self.directory / (f"{campaign_id}-{slug}" if campaign_id is not None else f"test-{slug}")
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        folder = self.folder(batch.campaign_id, batch.rendered.slug)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return all_outcomes(batch, "failed", f"outbox: cannot create {folder}: {exc.strerror}")
+        outcomes = []
+        for envelope in batch.envelopes:
+            message_id = batch.message.message_id()
+            data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
+            name = f"{envelope.delivery_id:09d}-{_safe(envelope.recipient.email)}.eml"
+            try:
+                self._write(folder / name, data)
+            except OSError as exc:
+                outcomes.append(Outcome(envelope.delivery_id, "failed", None, f"outbox: {exc.strerror}"))
+                continue
+            outcomes.append(Outcome(envelope.delivery_id, "sent", message_id))
+        self.stats.requests += 1
+        return outcomes
+
+    def _write(self, path: Path, data: bytes) -> None:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        """Nothing to release."""

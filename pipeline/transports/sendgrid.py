@@ -1,0 +1,260 @@
+"""SendGrid v3 Mail Send through the official ``sendgrid`` library, with the retry policy it lacks.
+
+One request carries up to 1000 personalizations: the issue's HTML and text go once, with substitution
+tags where the per-recipient values belong, and each personalization brings its own values, headers
+and ``custom_args`` (campaign, subscriber and ledger row, for the event webhook). The library never
+retries and sets no timeout; here every request has a timeout, 429 and 5xx are retried with exponential
+backoff and full jitter (honouring ``X-RateLimit-Reset``/``Retry-After``), and a request whose fate is
+unknown (timeout or connection lost after it was sent) is reported in doubt, never resent blindly.
+A 400 that names particular personalizations fails just those and sends the rest again.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import random
+import re
+import socket
+import threading
+import time
+import urllib.error
+from collections.abc import Callable
+from typing import Any
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+from pipeline.message import list_unsubscribe, static_list_headers
+from pipeline.settings import SendGridSettings, Settings
+from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats, all_outcomes
+
+log = logging.getLogger(__name__)
+# The library logs request headers, Authorization included, at DEBUG: keep it quiet whatever -v says.
+logging.getLogger("python_http_client").setLevel(logging.WARNING)
+
+MAX_PERSONALIZATIONS = 1000
+MAX_BACKOFF = 60.0
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)\b")
+
+
+def text_tag(name: str) -> str:
+    return f"%{name}%"
+
+
+def html_tag(name: str) -> str:
+    return f"%{name}_html%"
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, wait: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+def _api_errors(exc: HTTPError) -> list[dict[str, Any]]:
+    try:
+        body = exc.to_dict
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _error_text(exc: HTTPError) -> str:
+    messages = [
+        f"{e.get('field')}: {e.get('message')}" if e.get("field") else str(e.get("message"))
+        for e in _api_errors(exc)
+    ]
+    detail = "; ".join(messages) or (exc.body.decode("utf-8", "replace")[:300] if exc.body else "")
+    return f"SendGrid {exc.status_code}: {detail}".rstrip(": ")
+
+
+def _server_wait(exc: HTTPError, now: float) -> float | None:
+    """Seconds the API asked us to wait, from Retry-After or X-RateLimit-Reset (epoch seconds)."""
+    headers = exc.headers or {}
+    for name, absolute in (("Retry-After", False), ("X-RateLimit-Reset", True)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        return max(0.0, number - now) if absolute else max(0.0, number)
+    return None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the request certainly never reached the server (safe to retry)."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, HTTPError):
+        return isinstance(exc.reason, ConnectionRefusedError | socket.gaierror)
+    return isinstance(exc, ConnectionRefusedError)
+
+
+class SendGridTransport:
+    name = "sendgrid"
+    max_batch = MAX_PERSONALIZATIONS
+
+    def __init__(
+        self,
+        settings: Settings,
+        api_key: str,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.config: SendGridSettings = settings.sendgrid
+        self.concurrency = self.config.concurrency
+        self.stats = TransportStats()
+        self._api_key = api_key
+        self._local = threading.local()
+        self._sleep = sleep
+        self._clock = clock
+        self._stats_lock = threading.Lock()
+
+    def _client(self) -> SendGridAPIClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = SendGridAPIClient(api_key=self._api_key, host=self.config.host)
+        return client
+
+    def _content(self, batch: Batch) -> list[dict[str, str]]:
+        return [
+            {"type": "text/plain", "value": batch.rendered.text.with_tags(text_tag)},
+            {"type": "text/html", "value": batch.rendered.html.with_tags(html_tag)},
+        ]
+
+    def _personalization(self, batch: Batch, envelope: Envelope) -> dict[str, Any]:
+        recipient, fields = envelope.recipient, envelope.fields
+        values = {
+            "first_name": fields.first_name,
+            "email": fields.email,
+            "unsubscribe_url": fields.unsubscribe_url,
+            "preferences_url": fields.preferences_url,
+        }
+        substitutions = {text_tag(k): v for k, v in values.items()}
+        substitutions.update({html_tag(k): html.escape(v) for k, v in values.items()})
+        to = {"email": recipient.email, **({"name": recipient.name} if recipient.name else {})}
+        personalization: dict[str, Any] = {
+            "to": [to],
+            "substitutions": substitutions,
+            "custom_args": {
+                "subscriber_id": str(recipient.subscriber_id),
+                "delivery_id": str(envelope.delivery_id),
+            },
+            "headers": {"List-Unsubscribe": list_unsubscribe(self.settings, fields.unsubscribe_url)},
+        }
+        if batch.send_at is not None:
+            personalization["send_at"] = batch.send_at
+        return personalization
+
+    def request_body(self, batch: Batch, envelopes: list[Envelope]) -> dict[str, Any]:
+        sender = self.settings.sender
+        body: dict[str, Any] = {
+            "from": {"email": sender.from_email, "name": sender.from_name},
+            "subject": batch.message.subject,
+            "content": self._content(batch),
+            "headers": static_list_headers(self.settings),
+            "personalizations": [self._personalization(batch, e) for e in envelopes],
+        }
+        if sender.reply_to:
+            body["reply_to"] = {"email": sender.reply_to}
+        if self.config.categories:
+            body["categories"] = list(self.config.categories)
+        if batch.campaign_id is not None:
+            body["custom_args"] = {"campaign_id": str(batch.campaign_id)}
+        return body
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        if len(batch.envelopes) > self.max_batch:
+            raise ValueError(f"a SendGrid request takes at most {self.max_batch} recipients")
+        outcomes: list[Outcome] = []
+        pending = list(batch.envelopes)
+        while pending:
+            result = self._post(batch, pending)
+            if isinstance(result, str):  # accepted: the X-Message-Id
+                outcomes += [Outcome(e.delivery_id, "sent", result) for e in pending]
+                break
+            rejected, batch_outcomes = result
+            if not rejected:
+                outcomes += batch_outcomes
+                break
+            outcomes += [o for o in batch_outcomes if o.delivery_id in rejected]
+            pending = [e for e in pending if e.delivery_id not in rejected]
+        return outcomes
+
+    def _post(self, batch: Batch, envelopes: list[Envelope]) -> str | tuple[set[int], list[Outcome]]:
+        """Send one request with retries: its message id, or (ids rejected individually, outcomes)."""
+        body = self.request_body(batch, envelopes)
+        failures = 0
+        while True:
+            try:
+                self._count("requests")
+                response = self._client().client.mail.send.post(
+                    request_body=body, timeout=self.config.timeout
+                )
+                return str(response.headers.get("X-Message-Id") or "")
+            except HTTPError as exc:
+                status = exc.status_code
+                if status == 429 or status >= 500:
+                    retry = _Retry(_error_text(exc), _server_wait(exc, self._clock()))
+                else:
+                    return self._rejected(exc, envelopes)
+            except (OSError, urllib.error.URLError) as exc:  # timeouts, resets, refused connections
+                if not _never_sent(exc):
+                    reason = (
+                        f"SendGrid: connection lost after sending ({exc}); the request may have been accepted"
+                    )
+                    return set(), all_outcomes(_subset(batch, envelopes), "in_doubt", reason)
+                retry = _Retry(f"SendGrid unreachable: {exc}", None)
+            failures += 1
+            if failures > self.config.max_retries:
+                reason = f"{retry.reason} (gave up after {self.config.max_retries} retries)"
+                return set(), all_outcomes(_subset(batch, envelopes), "unsent", reason)
+            self._backoff(failures, retry)
+
+    def _rejected(self, exc: HTTPError, envelopes: list[Envelope]) -> tuple[set[int], list[Outcome]]:
+        """A 4xx: fail only the personalizations the API blamed, if it blamed some; else the batch."""
+        errors = _api_errors(exc)
+        blamed: dict[int, list[str]] = {}
+        for error in errors:
+            match = _PERSONALIZATION_FIELD.match(str(error.get("field") or ""))
+            if not match:
+                blamed = {}
+                break
+            blamed.setdefault(int(match[1]), []).append(f"{error.get('field')}: {error.get('message')}")
+        if blamed and all(index < len(envelopes) for index in blamed) and len(blamed) < len(envelopes):
+            rejected = {envelopes[i].delivery_id for i in blamed}
+            outcomes = [
+                Outcome(
+                    envelopes[i].delivery_id, "failed", None, f"SendGrid {exc.status_code}: " + "; ".join(m)
+                )
+                for i, m in blamed.items()
+            ]
+            return rejected, outcomes
+        return set(), [Outcome(e.delivery_id, "failed", None, _error_text(exc)) for e in envelopes]
+
+    def _backoff(self, failures: int, retry: _Retry) -> None:
+        wait = (
+            retry.wait if retry.wait is not None else random.uniform(0, min(MAX_BACKOFF, 0.5 * 2**failures))
+        )
+        wait = min(wait, MAX_BACKOFF)
+        log.info("SendGrid: %s; retry %d in %.1f s", retry.reason, failures, wait)
+        with self._stats_lock:
+            self.stats.retries += 1
+            self.stats.waited_seconds += wait
+        self._sleep(wait)
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def close(self) -> None:
+        """The library opens a connection per request; nothing stays open."""
+
+
+def _subset(batch: Batch, envelopes: list[Envelope]) -> Batch:
+    return Batch(batch.campaign_id, batch.rendered, batch.message, envelopes, batch.send_at)

@@ -1,0 +1,149 @@
+"""SMTP with ``smtplib``: a pool of reused connections, STARTTLS or implicit TLS, per-recipient results.
+
+Each message goes as MAIL, RCPT, DATA on a pooled connection. A refused recipient fails only that
+recipient. A connection that drops before DATA is reopened and the message tried again; one that drops
+during DATA leaves that message in doubt (the server may have queued it) and the rest go on a fresh
+connection. When the server cannot be reached at all, the remaining messages go back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import smtplib
+import ssl
+
+from pipeline.errors import SettingsError
+from pipeline.settings import Settings
+from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
+
+log = logging.getLogger(__name__)
+RECONNECT_ATTEMPTS = 3
+
+
+class _Unreachable(Exception):
+    """The server could not be reached after several attempts."""
+
+
+class SmtpTransport:
+    name = "smtp"
+    max_batch = 1000
+
+    def __init__(self, settings: Settings, password: str | None) -> None:
+        self.config = settings.smtp
+        if self.config.username and not password:
+            raise SettingsError("SMTP_PASSWORD: not set, but smtp.username is (set it in the environment)")
+        self.envelope_from = settings.sender.from_email
+        self.concurrency = self.config.connections
+        self.stats = TransportStats()
+        self._password = password
+        self._pool: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
+
+    def _connect(self) -> smtplib.SMTP:
+        config = self.config
+        context = ssl.create_default_context()
+        connection: smtplib.SMTP
+        if config.security == "tls":
+            connection = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
+        else:
+            connection = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+            if config.security == "starttls":
+                connection.starttls(context=context)
+                connection.ehlo()
+        if config.username and self._password:
+            connection.login(config.username, self._password)
+        return connection
+
+    def _checkout(self) -> smtplib.SMTP:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self._reconnect(None)
+
+    def _reconnect(self, old: smtplib.SMTP | None) -> smtplib.SMTP:
+        if old is not None:
+            self.stats.reconnects += 1
+            _discard(old)
+        error: Exception | None = None
+        for _attempt in range(RECONNECT_ATTEMPTS):
+            try:
+                return self._connect()
+            except smtplib.SMTPAuthenticationError as exc:
+                raise SettingsError(
+                    f"SMTP login refused for {self.config.username}: {exc.smtp_code}"
+                ) from None
+            except (OSError, smtplib.SMTPException) as exc:
+                error = exc
+        raise _Unreachable(f"SMTP server {self.config.host}:{self.config.port} unreachable: {error}")
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        self.stats.requests += 1
+        connection: smtplib.SMTP | None = None
+        for index, envelope in enumerate(batch.envelopes):
+            try:
+                connection = connection or self._checkout()
+                outcome, connection = self._send_one(connection, batch, envelope)
+            except _Unreachable as exc:
+                outcomes += [
+                    Outcome(e.delivery_id, "unsent", None, str(exc)) for e in batch.envelopes[index:]
+                ]
+                return outcomes
+            outcomes.append(outcome)
+        if connection is not None:
+            self._pool.put(connection)
+        return outcomes
+
+    def _send_one(
+        self, connection: smtplib.SMTP, batch: Batch, envelope: Envelope
+    ) -> tuple[Outcome, smtplib.SMTP | None]:
+        """One message, reconnecting while it is certainly not handed over; None: connection lost."""
+        message_id = batch.message.message_id()
+        data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
+        address = envelope.recipient.email
+        options = [] if address.isascii() else ["SMTPUTF8"]
+        for _attempt in range(RECONNECT_ATTEMPTS):
+            try:
+                code, reply = connection.mail(self.envelope_from, options)
+                if code != 250:
+                    connection.rset()
+                    return self._failed(envelope, "MAIL FROM", code, reply), connection
+                code, reply = connection.rcpt(address)
+                if code not in (250, 251):
+                    connection.rset()
+                    return self._failed(envelope, "RCPT TO", code, reply), connection
+            except (smtplib.SMTPServerDisconnected, OSError):
+                connection = self._reconnect(connection)
+                continue
+            try:
+                code, reply = connection.data(data)
+            except smtplib.SMTPDataError as exc:
+                return self._failed(envelope, "DATA", exc.smtp_code, exc.smtp_error), connection
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self.stats.reconnects += 1
+                _discard(connection)
+                reason = f"SMTP connection lost during DATA ({exc}); the server may have accepted it"
+                return Outcome(envelope.delivery_id, "in_doubt", message_id, reason), None
+            if code != 250:
+                return self._failed(envelope, "DATA", code, reply), connection
+            return Outcome(envelope.delivery_id, "sent", message_id), connection
+        raise _Unreachable(f"SMTP connection to {self.config.host} keeps dropping")
+
+    @staticmethod
+    def _failed(envelope: Envelope, step: str, code: int, reply: bytes | str) -> Outcome:
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+        return Outcome(envelope.delivery_id, "failed", None, f"SMTP {step} refused: {code} {text}")
+
+    def close(self) -> None:
+        while True:
+            try:
+                _discard(self._pool.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _discard(connection: smtplib.SMTP) -> None:
+    try:
+        connection.quit()
+    except (smtplib.SMTPException, OSError):
+        connection.close()
