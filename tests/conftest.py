@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures.project", "tests.fixtures.store"]
+pytest_plugins = ["tests.fixtures.project", "tests.fixtures.store", "tests.fixtures.smtp"]

@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 from pipeline import __version__
 from pipeline.cli.context import CliContext, console_err
 from pipeline.cli.issues import check, new, render
+from pipeline.cli.sending import campaigns_group, send
 from pipeline.errors import PipelineError
 
 
@@ -57,8 +58,9 @@ def cli(ctx: click.Context, settings_path: str | None, verbose: int, quiet: bool
     ctx.obj = CliContext(settings_path)
 
 
-for command in (check, render, new):
+for command in (check, render, new, send):
     cli.add_command(command)
+cli.add_command(campaigns_group, "campaigns")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -50,6 +50,7 @@ class SmtpTransport:
             if config.security == "starttls":
                 connection.starttls(context=context)
                 connection.ehlo()
+        connection.ehlo_or_helo_if_needed()
         if config.username and self._password:
             connection.login(config.username, self._password)
         return connection

@@ -1,0 +1,313 @@
+"""Commands for the operator: send an issue, and watch, pause, resume, cancel or resolve campaigns."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from pipeline import campaigns, sending
+from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
+from pipeline.dispatch import Dispatcher, RunReport
+from pipeline.links import Links
+from pipeline.settings import Settings
+from pipeline.store import Store, open_store
+from pipeline.transports import open_transport
+from pipeline.transports.outbox import OutboxTransport
+
+TRANSPORTS = click.Choice(["outbox", "smtp", "sendgrid"])
+DONE = ("sent", "failed", "skipped", "in_doubt")
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM: stop claiming batches; the ones in flight finish and are recorded."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            console_err.print(
+                f"{signal.Signals(signum).name}: finishing the batches in flight, then stopping…"
+            )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_campaign(
+    settings: Settings, store: Store, campaign: campaigns.Campaign, transport_name: str | None
+) -> RunReport:
+    """Send a running campaign with a progress bar; shared by `send` and `campaigns resume`."""
+    transport = open_transport(settings, transport_name or campaign.transport)
+    total = campaigns.report(store, campaign.id).total
+    already = sum(campaigns.report(store, campaign.id).counts[s] for s in DONE)
+    columns = (
+        TextColumn("[bold]#{task.fields[campaign]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sent {task.fields[sent]} · failed {task.fields[failed]} · {task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with _stop_on_signals() as stop, Progress(*columns, console=console_err, transient=False) as progress:
+        task = progress.add_task(
+            "send", total=total, completed=already, campaign=campaign.id, sent=0, failed=0, rate=0
+        )
+
+        def on_progress(counts: Counter[str]) -> None:
+            elapsed = max(progress.tasks[task].elapsed or 0.0, 1e-6)
+            progress.update(
+                task,
+                completed=already + sum(counts[s] for s in DONE),
+                sent=counts["sent"],
+                failed=counts["failed"],
+                rate=f"{counts['sent'] / elapsed:,.0f}",
+            )
+
+        dispatcher = Dispatcher(
+            store, settings, transport, Links(settings, store.signer), stop=stop, on_progress=on_progress
+        )
+        try:
+            return dispatcher.run(campaign.id)
+        finally:
+            transport.close()
+
+
+def _counts_line(counts: Counter[str]) -> str:
+    return (
+        ", ".join(f"{n:,} {status.replace('_', ' ')}" for status, n in sorted(counts.items()) if n)
+        or "nothing"
+    )
+
+
+def print_report(settings: Settings, store: Store, run: RunReport) -> None:
+    """The end-of-run summary: what this run did, where the campaign stands, what needs a decision."""
+    campaign = run.campaign
+    report = campaigns.report(store, campaign.id)
+    console.print(
+        f"Campaign #{campaign.id} [bold]{campaign.issue_slug}[/] → {', '.join(campaign.segments)}: "
+        f"[bold]{campaign.status}[/]"
+    )
+    console.print(f"  this run: {_counts_line(run.counts)} in {run.elapsed:.1f} s")
+    console.print(f"  campaign: {_counts_line(report.counts)} of {report.total:,} recipients")
+    if run.stopped:
+        console.print(f"  [yellow]stopped ({run.stopped}); run the same command again to resume[/]")
+    if report.counts["in_doubt"]:
+        console.print(
+            f"  [yellow]{report.counts['in_doubt']} recipient(s) in doubt[/]: the transport may have accepted them. "
+            f"Decide with `newsletter campaigns resolve {campaign.id} --resend` or `--mark-sent`."
+        )
+    if campaign.transport == "outbox":
+        folder = OutboxTransport(settings.path(settings.delivery.outbox_dir)).folder(
+            campaign.id, campaign.issue_slug
+        )
+        console.print(f"  messages are in {shown(folder)}/")
+
+
+@click.command()
+@click.argument("issue", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--segment",
+    "segments",
+    multiple=True,
+    help="Send to this segment (repeatable).  [default: the issue's, else settings']",
+)
+@click.option(
+    "--transport", type=TRANSPORTS, default=None, help="How to send.  [default: delivery.transport]"
+)
+@click.option("--dry-run", is_flag=True, help="Check and count recipients; send nothing, start no campaign.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--to", "test_to", metavar="ADDRESS", help="Send one test copy ([TEST] subject) to ADDRESS only."
+)
+@pass_context
+def send(
+    ctx: CliContext,
+    issue: Path,
+    segments: tuple[str, ...],
+    transport: str | None,
+    dry_run: bool,
+    yes: bool,
+    test_to: str | None,
+) -> None:
+    """Send ISSUE to its segments, in rate-limited, resumable batches.
+
+    The issue is checked first (errors refuse the send). Running the same command again resumes the
+    campaign for this issue and these segments: nobody gets it twice. Ctrl-C stops after the batches
+    in flight are recorded.
+    """
+    settings = ctx.settings
+    with open_store(settings) as store:
+        links = Links(settings, store.signer)
+        if test_to:
+            outcome = sending.send_test(
+                store, settings, issue, test_to, open_transport(settings, transport), links
+            )
+            colour = "green" if outcome.status == "sent" else "red"
+            console.print(
+                f"Test copy to {test_to}: [{colour}]{outcome.status}[/] {outcome.error or ''}".rstrip()
+            )
+            if outcome.status != "sent":
+                raise SystemExit(1)
+            return
+        plan = sending.plan(store, settings, issue, links, segments)
+        table = Table("segment", "recipients", title=f"{plan.issue_file.issue.subject}", title_justify="left")
+        for name, count in plan.counts.items():
+            table.add_row(name, f"{count:,}")
+        table.add_row("[bold]all (each once)[/]", f"[bold]{plan.total:,}[/]")
+        console.print(table)
+        if plan.campaign:
+            console.print(
+                f"Campaign #{plan.campaign.id} already exists ({plan.campaign.status}): sending resumes it."
+            )
+        if dry_run:
+            console.print("Dry run: nothing sent.")
+            return
+        if plan.campaign and plan.campaign.status in ("finished", "cancelled", "paused"):
+            hint = {"paused": f"resume it with `newsletter campaigns resume {plan.campaign.id}`"}.get(
+                plan.campaign.status, "nothing to send"
+            )
+            console.print(f"Campaign #{plan.campaign.id} is {plan.campaign.status}: {hint}.")
+            return
+        chosen = transport or settings.delivery.transport
+        if not yes and not click.confirm(
+            f"Send to {plan.total:,} recipients through {chosen}?", default=False
+        ):
+            raise click.Abort()
+        campaign, _ = sending.start_campaign(store, plan, chosen)
+        run = run_campaign(settings, store, campaign, transport)
+        print_report(settings, store, run)
+        if run.stopped and run.stopped.startswith("transport unavailable"):
+            raise SystemExit(1)
+
+
+@click.group(invoke_without_command=True)
+@pass_context
+@click.pass_context
+def campaigns_group(click_ctx: click.Context, ctx: CliContext) -> None:
+    """List campaigns with their counts; subcommands show, pause, resume, cancel and resolve one."""
+    if click_ctx.invoked_subcommand is None:
+        with open_store(ctx.settings) as store:
+            table = Table(
+                "id", "issue", "segments", "status", "queued", "sent", "failed", "skipped", "in doubt"
+            )
+            for campaign, counts in campaigns.list_campaigns(store):
+                table.add_row(
+                    str(campaign.id),
+                    campaign.issue_slug,
+                    ", ".join(campaign.segments),
+                    campaign.status,
+                    *(f"{counts[s]:,}" for s in ("queued", "sent", "failed", "skipped", "in_doubt")),
+                )
+            console.print(table)
+
+
+@campaigns_group.command("show")
+@click.argument("campaign_id", type=int)
+@pass_context
+def show(ctx: CliContext, campaign_id: int) -> None:
+    """Counts of one campaign by ledger status, and its errors grouped by reason."""
+    with open_store(ctx.settings) as store:
+        report = campaigns.report(store, campaign_id)
+    c = report.campaign
+    console.print(f"Campaign #{c.id}: [bold]{c.subject}[/] ({c.issue_slug})")
+    console.print(
+        f"  segments: {', '.join(c.segments)} · transport: {c.transport} · status: [bold]{c.status}[/]"
+        + (f" ({c.status_reason})" if c.status_reason else "")
+    )
+    console.print(
+        f"  created {c.created_at:%Y-%m-%d %H:%M} UTC"
+        + (f", finished {c.finished_at:%Y-%m-%d %H:%M} UTC" if c.finished_at else "")
+    )
+    table = Table("status", "recipients")
+    for status in ("queued", "sending", "sent", "failed", "skipped", "in_doubt", "cancelled"):
+        table.add_row(status.replace("_", " "), f"{report.counts[status]:,}")
+    table.add_row("[bold]total[/]", f"[bold]{report.total:,}[/]")
+    console.print(table)
+    if report.errors:
+        errors = Table("status", "reason", "recipients", title="Why", title_justify="left")
+        for status, reason, count in report.errors:
+            errors.add_row(status.replace("_", " "), reason, f"{count:,}")
+        console.print(errors)
+
+
+def _change(ctx: CliContext, campaign_id: int, action: str) -> campaigns.Campaign:
+    with open_store(ctx.settings) as store:
+        campaign = campaigns.change_status(store, campaign_id, action, reason=f"{action}d by the operator")
+    console.print(f"Campaign #{campaign.id} is now {campaign.status}.")
+    return campaign
+
+
+@campaigns_group.command("pause")
+@click.argument("campaign_id", type=int)
+@pass_context
+def pause(ctx: CliContext, campaign_id: int) -> None:
+    """Pause a campaign: a running send stops after the batches in flight."""
+    _change(ctx, campaign_id, "pause")
+
+
+@campaigns_group.command("resume")
+@click.argument("campaign_id", type=int)
+@click.option("--transport", type=TRANSPORTS, default=None, help="How to send.  [default: the campaign's]")
+@pass_context
+def resume(ctx: CliContext, campaign_id: int, transport: str | None) -> None:
+    """Resume a paused (or interrupted) campaign and send what is still queued."""
+    settings = ctx.settings
+    with open_store(settings) as store:
+        campaign = campaigns.get_campaign(store, campaign_id)
+        if campaign.status == "paused":
+            campaign = campaigns.change_status(store, campaign_id, "resume")
+        run = run_campaign(settings, store, campaign, transport)
+        print_report(settings, store, run)
+
+
+@campaigns_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def cancel(ctx: CliContext, campaign_id: int, yes: bool) -> None:
+    """Cancel a campaign: recipients still queued are marked cancelled and never sent."""
+    if not yes and not click.confirm(
+        f"Cancel campaign #{campaign_id}? This cannot be undone.", default=False
+    ):
+        raise click.Abort()
+    _change(ctx, campaign_id, "cancel")
+
+
+@campaigns_group.command("resolve")
+@click.argument("campaign_id", type=int)
+@click.option("--resend", "decision", flag_value="resend", help="Queue the in-doubt recipients again.")
+@click.option("--mark-sent", "decision", flag_value="mark-sent", help="Record them as sent (never resend).")
+@pass_context
+def resolve(ctx: CliContext, campaign_id: int, decision: str | None) -> None:
+    """Decide about recipients in doubt (a send stopped before their outcome was known).
+
+    --resend risks a duplicate for those the transport had accepted; --mark-sent risks a miss for
+    those it had not. Check the provider's activity log if you can, then choose.
+    """
+    if decision is None:
+        raise click.UsageError("choose --resend or --mark-sent")
+    with open_store(ctx.settings) as store:
+        changed = campaigns.resolve_in_doubt(store, campaign_id, resend=decision == "resend")
+    what = "queued again (send or `campaigns resume` to send them)" if decision == "resend" else "marked sent"
+    console.print(f"{changed} in-doubt recipient(s) of campaign #{campaign_id} {what}.")

@@ -1,0 +1,149 @@
+"""The send loop: claim a batch from the ledger, pace it, hand it to the transport, record the outcome.
+
+Claims and records happen on the calling thread (one writer); transport calls run on a small pool of
+threads, ``transport.concurrency`` at a time. ``stop`` (set by Ctrl-C or SIGTERM in the CLI) stops the
+claiming of new batches; batches in flight finish and are recorded before ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from pipeline import campaigns, ledger
+from pipeline.errors import DispatchError
+from pipeline.links import Links
+from pipeline.message import MessageTemplate
+from pipeline.ratelimit import RateLimiter
+from pipeline.render import RenderedIssue
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.transports.base import Batch, Envelope, Outcome, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    campaign: campaigns.Campaign
+    counts: Counter[str] = field(default_factory=Counter)
+    """What this run did: sent, failed, skipped, in_doubt, unsent (returned to the queue)."""
+    found_in_doubt: int = 0
+    """Rows a previous, dead run had left ``sending``, now marked ``in_doubt``."""
+    stopped: str | None = None
+    """Why the run ended before the queue was empty (interrupted, paused, transport down), if it did."""
+    elapsed: float = 0.0
+
+
+ProgressCallback = Callable[[Counter[str]], None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        transport: Transport,
+        links: Links,
+        *,
+        limiter: RateLimiter | None = None,
+        stop: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.transport = transport
+        self.links = links
+        self.limiter = limiter or RateLimiter(settings.delivery.rate_per_second)
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.batch_size = min(batch_size or settings.delivery.batch_size, transport.max_batch)
+
+    def run(self, campaign_id: int) -> RunReport:
+        """Send every due, queued row of a running campaign; returns what happened."""
+        started = time.monotonic()
+        campaign = campaigns.start(self.store, campaign_id)
+        report = RunReport(campaign, found_in_doubt=ledger.mark_in_doubt(self.store, campaign_id))
+        if campaign.status != "running":
+            raise DispatchError(f"campaign {campaign_id} is {campaign.status}, not running")
+        rendered = campaigns.load_rendered(self.store, campaign_id)
+        run = _Run(
+            campaign_id,
+            ledger.start_run(self.store, campaign_id),
+            rendered,
+            MessageTemplate(self.settings, rendered),
+            report.counts,
+        )
+        try:
+            report.stopped = self._loop(run)
+        finally:
+            ledger.end_run(self.store, run.run_id)
+        report.campaign = campaigns.finish_if_done(self.store, campaign_id)
+        report.elapsed = time.monotonic() - started
+        return report
+
+    def _loop(self, run: _Run) -> str | None:
+        stopped: str | None = None
+        in_flight: set[Future[list[Outcome]]] = set()
+        with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as pool:
+            while True:
+                if stopped is None:
+                    stopped = self._why_stop(run.campaign_id)
+                while stopped is None and len(in_flight) < self.transport.concurrency:
+                    batch = self._claim(run)
+                    if batch is None:
+                        break
+                    in_flight.add(pool.submit(self.transport.send, batch))
+                if not in_flight:
+                    return stopped
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcomes = future.result()
+                    run.counts.update(ledger.record(self.store, outcomes))
+                    unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
+                    if unsent and stopped is None:
+                        stopped = f"transport unavailable: {unsent}"
+                    self._progress(run)
+
+    def _why_stop(self, campaign_id: int) -> str | None:
+        if self.stop.is_set():
+            return "interrupted"
+        status = campaigns.get_campaign(self.store, campaign_id).status
+        return None if status == "running" else status
+
+    def _claim(self, run: _Run) -> Batch | None:
+        """The next batch to send, paced by the rate limit; None when no queued row is due."""
+        while True:
+            claim = ledger.claim(self.store, run.campaign_id, run.run_id, self.batch_size)
+            if claim.skipped:
+                run.counts["skipped"] += claim.skipped
+                self._progress(run)
+            if claim.rows:
+                break
+            if not claim.skipped:
+                return None
+        envelopes = [
+            Envelope(row.delivery_id, row.recipient, self.links.personal_fields(row.recipient))
+            for row in claim.rows
+        ]
+        self.limiter.acquire(len(envelopes))
+        return Batch(run.campaign_id, run.rendered, run.message, envelopes)
+
+    def _progress(self, run: _Run) -> None:
+        if self.on_progress:
+            self.on_progress(run.counts)
+
+
+@dataclass(slots=True)
+class _Run:
+    campaign_id: int
+    run_id: str
+    rendered: RenderedIssue
+    message: MessageTemplate
+    counts: Counter[str]

@@ -1,0 +1,214 @@
+"""The per-recipient ledger: claim a batch, record what the transport said, find rows in doubt.
+
+A batch is claimed in one short transaction: queued rows are taken in id order (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, so several workers never take the same row), anyone who unsubscribed, bounced,
+complained or was suppressed since the campaign started is marked ``skipped`` with the reason, and the
+rest are marked ``sending`` with the run's id *before* the transport is called. Outcomes are written
+after. Rows a dead run left ``sending`` become ``in_doubt``: reported, and resolved by the operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from pipeline.recipient import Recipient
+from pipeline.store import Store, utcnow
+from pipeline.tables import deliveries, dispatch_runs, subscribers, suppressions
+from pipeline.transports.base import Outcome
+
+STALE_AFTER = dt.timedelta(minutes=5)
+"""A run that has not beaten its heart for this long is taken for dead (on another machine)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    delivery_id: int
+    recipient: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    rows: list[Claimed]
+    skipped: int
+
+
+def start_run(store: Store, campaign_id: int) -> str:
+    """Register this process as a sender of the campaign; the id marks the rows it claims."""
+    run_id = secrets.token_hex(8)
+    now = utcnow()
+    with store.write() as conn:
+        conn.execute(
+            dispatch_runs.insert().values(
+                id=run_id,
+                campaign_id=campaign_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+    return run_id
+
+
+def end_run(store: Store, run_id: str) -> None:
+    with store.write() as conn:
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(ended_at=utcnow()))
+
+
+def _alive(host: str, pid: int, heartbeat_at: dt.datetime, now: dt.datetime) -> bool:
+    if now - heartbeat_at > STALE_AFTER:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_in_doubt(store: Store, campaign_id: int) -> int:
+    """Turn rows left ``sending`` by runs that are gone into ``in_doubt``; returns how many."""
+    now = utcnow()
+    with store.write() as conn:
+        runs = conn.execute(
+            select(
+                dispatch_runs.c.id, dispatch_runs.c.host, dispatch_runs.c.pid, dispatch_runs.c.heartbeat_at
+            ).where(dispatch_runs.c.campaign_id == campaign_id, dispatch_runs.c.ended_at.is_(None))
+        ).all()
+        dead = [run.id for run in runs if not _alive(run.host, run.pid, run.heartbeat_at, now)]
+        if dead:
+            conn.execute(update(dispatch_runs).where(dispatch_runs.c.id.in_(dead)).values(ended_at=now))
+        ended = select(dispatch_runs.c.id).where(dispatch_runs.c.ended_at.is_not(None))
+        result = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending")
+            .where(or_(deliveries.c.run_id.is_(None), deliveries.c.run_id.in_(ended)))
+            .values(status="in_doubt", error="the sending process stopped before recording the outcome")
+        )
+        return result.rowcount or 0
+
+
+def claim(store: Store, campaign_id: int, run_id: str, size: int, now: dt.datetime | None = None) -> Claim:
+    """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending."""
+    now = now or utcnow()
+    d, s = deliveries.c, subscribers.c
+    due = or_(d.send_at.is_(None), d.send_at <= now)
+    pick = (
+        select(d.id).where(d.campaign_id == campaign_id, d.status == "queued", due).order_by(d.id).limit(size)
+    )
+    with store.write() as conn:
+        if conn.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        ids = list(conn.execute(pick).scalars())
+        if not ids:
+            return Claim([], 0)
+        suppressed = exists().where(suppressions.c.address_hash == s.address_hash)
+        rows = conn.execute(
+            select(
+                d.id, d.subscriber_id, d.email, d.name, d.timezone, s.status, suppressed.label("suppressed")
+            )
+            .select_from(deliveries.outerjoin(subscribers, s.id == d.subscriber_id))
+            .where(d.id.in_(ids))
+            .order_by(d.id)
+        ).all()
+        reasons = {row.id: _skip_reason(row.status, bool(row.suppressed)) for row in rows}
+        skipped = {row_id: reason for row_id, reason in reasons.items() if reason}
+        for reason, group in _grouped(skipped).items():
+            conn.execute(update(deliveries).where(d.id.in_(group)).values(status="skipped", error=reason))
+        sending = [row.id for row in rows if row.id not in skipped]
+        if sending:
+            conn.execute(
+                update(deliveries)
+                .where(d.id.in_(sending))
+                .values(status="sending", run_id=run_id, claimed_at=now)
+            )
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(heartbeat_at=now))
+    claimed = [
+        Claimed(row.id, Recipient(row.subscriber_id, row.email, row.name, row.timezone))
+        for row in rows
+        if row.id not in skipped
+    ]
+    return Claim(claimed, len(skipped))
+
+
+def _skip_reason(status: str | None, suppressed: bool) -> str | None:
+    if status is None:
+        return "subscriber erased since the campaign started"
+    if suppressed:
+        return "address suppressed"
+    if status != "active":
+        return f"subscriber {status} since the campaign started"
+    return None
+
+
+def _grouped(reasons: dict[int, str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for row_id, reason in reasons.items():
+        groups.setdefault(reason, []).append(row_id)
+    return groups
+
+
+def record(store: Store, outcomes: Iterable[Outcome]) -> Counter[str]:
+    """Write the transport's outcomes; ``unsent`` rows go back to the queue. Returns counts by status."""
+    by_status: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_status.setdefault(outcome.status, []).append(outcome)
+    counts: Counter[str] = Counter({status: len(group) for status, group in by_status.items()})
+    d = deliveries.c
+    guarded = update(deliveries).where(d.id == bindparam("row_id"), d.status == "sending")
+    with store.write() as conn:
+        for status, group in by_status.items():
+            _record_group(conn, guarded, status, group)
+    return counts
+
+
+def _record_group(conn: Connection, guarded: Any, status: str, group: list[Outcome]) -> None:
+    if status == "unsent":
+        conn.execute(
+            guarded.values(status="queued", run_id=None, claimed_at=None, error=bindparam("reason")),
+            [{"row_id": o.delivery_id, "reason": o.error} for o in group],
+        )
+        return
+    shared_id = {o.message_id for o in group}
+    if status == "sent" and len(shared_id) == 1:  # one API request: one message id for the whole batch
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_([o.delivery_id for o in group]), deliveries.c.status == "sending")
+            .values(status="sent", message_id=shared_id.pop(), error=None)
+        )
+        return
+    conn.execute(
+        guarded.values(status=status, message_id=bindparam("message_id"), error=bindparam("reason")),
+        [{"row_id": o.delivery_id, "message_id": o.message_id, "reason": o.error} for o in group],
+    )
+
+
+def status_counts(conn: Connection, campaign_id: int) -> Counter[str]:
+    rows = conn.execute(
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.campaign_id == campaign_id)
+        .group_by(deliveries.c.status)
+    ).all()
+    return Counter({status: int(n) for status, n in rows})
+
+
+def next_due(conn: Connection, campaign_id: int) -> dt.datetime | None:
+    """When the earliest queued row becomes due (per-recipient delivery times), or None if none wait."""
+    return conn.execute(
+        select(func.min(deliveries.c.send_at)).where(
+            and_(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "queued")
+        )
+    ).scalar_one_or_none()

@@ -1,0 +1,89 @@
+"""What ``newsletter send`` does before the loop: check the issue, size the audience, find or start
+its campaign; and the one-off test copy, which creates no campaign."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import audience, campaigns
+from pipeline.content import IssueFile, load_issue
+from pipeline.errors import ContentError, Severity
+from pipeline.links import Links
+from pipeline.lint import check_file
+from pipeline.message import MessageTemplate
+from pipeline.recipient import Recipient
+from pipeline.render import RenderedIssue, Renderer
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.subscribers import find_subscriber
+from pipeline.transports.base import Batch, Envelope, Outcome, Transport
+
+TEST_PREFIX = "[TEST] "
+
+
+@dataclass(frozen=True, slots=True)
+class SendPlan:
+    issue_file: IssueFile
+    rendered: RenderedIssue
+    segments: tuple[str, ...]
+    counts: dict[str, int]
+    """Live recipients per segment (a person in two segments is counted in each)."""
+    total: int
+    """Distinct recipients of all the segments together: the ledger rows a new campaign would get."""
+    campaign: campaigns.Campaign | None
+    """The campaign this issue and these segments already have, which sending resumes."""
+
+
+def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFile, RenderedIssue]:
+    """Load, lint and render an issue; refuse (``ContentError``) if `newsletter check` finds errors."""
+    renderer = Renderer(settings)
+    problems = [p for p in check_file(path, renderer, links) if p.severity is Severity.ERROR]
+    if problems:
+        raise ContentError(problems)
+    issue_file = load_issue(path)
+    return issue_file, renderer.render(issue_file)
+
+
+def plan(
+    store: Store, settings: Settings, path: Path, links: Links, segments: tuple[str, ...] = ()
+) -> SendPlan:
+    issue_file, rendered = checked_issue(path, settings, links)
+    chosen = tuple(segments or issue_file.issue.segments or settings.newsletter.default_segments)
+    counts = {name: audience.count(store, [name]) for name in chosen}
+    return SendPlan(
+        issue_file,
+        rendered,
+        chosen,
+        counts,
+        audience.count(store, list(chosen)),
+        campaigns.find_campaign(store, issue_file.slug, chosen),
+    )
+
+
+def start_campaign(store: Store, send_plan: SendPlan, transport: str) -> tuple[campaigns.Campaign, bool]:
+    """The plan's campaign: the existing one, or a new one with its audience frozen now."""
+    if send_plan.campaign is not None:
+        return send_plan.campaign, False
+    return campaigns.create_campaign(store, send_plan.rendered, send_plan.segments, transport)
+
+
+def send_test(
+    store: Store, settings: Settings, path: Path, email: str, transport: Transport, links: Links
+) -> Outcome:
+    """One personalised copy to ``email``, subject prefixed [TEST]; no campaign, no ledger row.
+
+    Its unsubscribe link works for the subscriber with that address, if there is one.
+    """
+    _, rendered = checked_issue(path, settings, links)
+    subscriber = find_subscriber(store, email)
+    recipient = (
+        Recipient(subscriber.id, subscriber.email, subscriber.name) if subscriber else Recipient(0, email)
+    )
+    message = MessageTemplate(settings, rendered, subject_prefix=TEST_PREFIX)
+    envelope = Envelope(0, recipient, links.personal_fields(recipient))
+    try:
+        (outcome,) = transport.send(Batch(None, rendered, message, [envelope]))
+    finally:
+        transport.close()
+    return outcome

@@ -1,0 +1,29 @@
+"""Batches built by hand, so transports are tested without a store."""
+
+from __future__ import annotations
+
+from pipeline.content import load_issue
+from pipeline.links import Links
+from pipeline.message import MessageTemplate
+from pipeline.recipient import Recipient
+from pipeline.render import render
+from pipeline.settings import Settings
+from pipeline.tokens import Signer
+from pipeline.transports.base import Batch, Envelope
+
+SIGNER = Signer(b"transport-tests-key-0123456789abcdef")
+
+
+def make_batch(
+    settings: Settings, emails: list[str], *, campaign_id: int | None = 7, first_id: int = 1
+) -> Batch:
+    issue_file = load_issue(
+        settings.path(settings.newsletter.issues_dir) / "2026-12-01-name-it-to-tame-it.yaml"
+    )
+    rendered = render(issue_file, settings)
+    links = Links(settings, SIGNER)
+    envelopes = []
+    for offset, email in enumerate(emails):
+        recipient = Recipient(100 + offset, email, f"Reader {offset}")
+        envelopes.append(Envelope(first_id + offset, recipient, links.personal_fields(recipient)))
+    return Batch(campaign_id, rendered, MessageTemplate(settings, rendered), envelopes)
