@@ -137,7 +137,8 @@ class SendGridTransport:
         }
         substitutions = {text_tag(k): v for k, v in values.items()}
         substitutions.update({html_tag(k): html.escape(v) for k, v in values.items()})
-        to = {"email": recipient.email, **({"name": recipient.name} if recipient.name else {})}
+        name = _display_name(recipient.name)
+        to = {"email": recipient.email, **({"name": name} if name else {})}
         personalization: dict[str, Any] = {
             "to": [to],
             "substitutions": substitutions,
@@ -254,6 +255,13 @@ class SendGridTransport:
 
     def close(self) -> None:
         """The library opens a connection per request; nothing stays open."""
+
+
+def _display_name(name: str | None) -> str | None:
+    """SendGrid refuses ``to.name`` containing ``,`` or ``;`` (it splits on them): "Lovelace, Ada" → "Lovelace Ada"."""
+    if not name:
+        return None
+    return " ".join(name.replace(",", " ").replace(";", " ").split()) or None
 
 
 def _subset(batch: Batch, envelopes: list[Envelope]) -> Batch:

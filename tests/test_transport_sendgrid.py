@@ -1,0 +1,168 @@
+"""The SendGrid transport through the official library, over real HTTP, against the strict emulator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.transports.sendgrid import SendGridTransport
+from tests.emulators.sendgrid import Fault, SendGridEmulator
+from tests.transport_helpers import make_batch
+
+API_KEY = "SG.transport-test-key"
+
+
+@pytest.fixture
+def emulator() -> Iterator[SendGridEmulator]:
+    with SendGridEmulator(api_key=API_KEY) as emu:
+        yield emu
+
+
+def transport_for(
+    settings: Settings, emulator: SendGridEmulator, *, retries: int = 4, timeout: float = 5.0
+) -> tuple[SendGridTransport, list[float]]:
+    config = settings.sendgrid.model_copy(
+        update={"host": emulator.url, "max_retries": retries, "timeout": timeout}
+    )
+    waits: list[float] = []
+    transport = SendGridTransport(
+        settings.model_copy(update={"sendgrid": config}), API_KEY, sleep=waits.append
+    )
+    return transport, waits
+
+
+def emails(n: int) -> list[str]:
+    return [f"reader{i}@example.com" for i in range(n)]
+
+
+def test_one_request_carries_the_content_once_and_a_personalization_per_recipient(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    transport, _ = transport_for(settings, emulator)
+    batch = make_batch(settings, emails(3), campaign_id=42)
+    outcomes = transport.send(batch)
+
+    assert {o.status for o in outcomes} == {"sent"}
+    assert len({o.message_id for o in outcomes}) == 1 and outcomes[0].message_id
+    (message,) = emulator.messages
+    assert [c["type"] for c in message.content] == ["text/plain", "text/html"]
+    assert (
+        "%first_name_html%" in message.content[1]["value"] and "%first_name%" in message.content[0]["value"]
+    )
+    assert message.custom_args == {"campaign_id": "42"}
+    assert message.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    first = message.personalizations[0]
+    envelope = batch.envelopes[0]
+    assert first["custom_args"] == {
+        "subscriber_id": str(envelope.recipient.subscriber_id),
+        "delivery_id": str(envelope.delivery_id),
+    }
+    assert first["substitutions"]["%unsubscribe_url%"] == envelope.fields.unsubscribe_url
+    assert envelope.fields.unsubscribe_url in first["headers"]["List-Unsubscribe"]
+    assert emulator.recipients() == emails(3)
+
+
+def test_html_values_are_escaped_and_text_values_are_not(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    transport, _ = transport_for(settings, emulator)
+    batch = make_batch(settings, emails(1))
+    envelope = batch.envelopes[0]
+    named = type(envelope.recipient)(
+        envelope.recipient.subscriber_id, envelope.recipient.email, 'Ada "A&B" Lovelace, Jr'
+    )
+    fields = type(envelope.fields)(
+        'Ada "A&B"', *(getattr(envelope.fields, f) for f in ("email", "unsubscribe_url", "preferences_url"))
+    )
+    batch = type(batch)(batch.campaign_id, batch.rendered, batch.message, [type(envelope)(1, named, fields)])
+    assert transport.send(batch)[0].status == "sent"
+    substitutions = emulator.messages[0].personalizations[0]["substitutions"]
+    assert substitutions["%first_name%"] == 'Ada "A&B"'
+    assert substitutions["%first_name_html%"] == "Ada &quot;A&amp;B&quot;"
+    assert emulator.messages[0].personalizations[0]["to"][0]["name"] == 'Ada "A&B" Lovelace Jr'
+
+
+def test_429_is_retried_after_the_reset_the_api_announced(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    reset = int(time.time()) + 3
+    emulator.inject(Fault(status=429, headers={"X-RateLimit-Reset": str(reset)}), Fault(status=503))
+    transport, waits = transport_for(settings, emulator)
+    outcomes = transport.send(make_batch(settings, emails(2)))
+
+    assert {o.status for o in outcomes} == {"sent"}
+    assert 1.0 <= waits[0] <= 3.5  # honoured X-RateLimit-Reset
+    assert len(waits) == 2 and transport.stats.retries == 2
+    assert emulator.recipients() == emails(2)
+
+
+def test_a_storm_longer_than_the_retries_returns_the_batch_to_the_queue(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    emulator.inject(*[Fault(status=500)] * 3)
+    transport, waits = transport_for(settings, emulator, retries=2)
+    outcomes = transport.send(make_batch(settings, emails(2)))
+
+    assert {o.status for o in outcomes} == {"unsent"}
+    assert "gave up after 2 retries" in (outcomes[0].error or "")
+    assert emulator.recipients() == []
+
+
+def test_a_400_blaming_one_personalization_fails_it_and_sends_the_rest(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    transport, _ = transport_for(settings, emulator)
+    batch = make_batch(settings, ["ok1@example.com", "not-an-address", "ok2@example.com"])
+    outcomes = {o.delivery_id: o for o in transport.send(batch)}
+
+    assert outcomes[2].status == "failed" and "personalizations.1" in (outcomes[2].error or "")
+    assert outcomes[1].status == outcomes[3].status == "sent"
+    assert emulator.recipients() == ["ok1@example.com", "ok2@example.com"]
+
+
+def test_other_4xx_fail_the_batch_with_the_api_message(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    config = settings.sendgrid.model_copy(update={"host": emulator.url})
+    transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), "SG.wrong-key")
+    outcomes = transport.send(make_batch(settings, emails(2)))
+    assert {o.status for o in outcomes} == {"failed"}
+    assert "401" in (outcomes[0].error or "") and "authorization grant is invalid" in (
+        outcomes[0].error or ""
+    )
+
+
+def test_a_connection_dropped_after_sending_leaves_the_batch_in_doubt(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    emulator.inject(Fault(drop=True))
+    transport, _ = transport_for(settings, emulator)
+    outcomes = transport.send(make_batch(settings, emails(2)))
+    assert {o.status for o in outcomes} == {"in_doubt"}
+    assert emulator.requests_seen == 1  # never resent blindly
+
+
+def test_a_slow_api_times_out_and_is_in_doubt_not_resent(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    emulator.inject(Fault(delay=2.0))
+    transport, _ = transport_for(settings, emulator, timeout=0.5)
+    outcomes = transport.send(make_batch(settings, emails(1)))
+    assert outcomes[0].status == "in_doubt"
+    assert emulator.requests_seen == 1
+
+
+def test_the_api_key_never_reaches_the_logs(
+    settings: Settings, emulator: SendGridEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.inject(Fault(status=503))
+    with caplog.at_level(logging.DEBUG):
+        transport, _ = transport_for(settings, emulator)
+        assert Counter(o.status for o in transport.send(make_batch(settings, emails(1)))) == {"sent": 1}
+    assert caplog.records, "the retry should have been logged"
+    assert API_KEY not in caplog.text
