@@ -166,7 +166,8 @@ def create_campaign(
     try:
         with store.write() as conn:
             campaign_id = conn.execute(
-                insert(campaigns).values(
+                insert(campaigns)
+                .values(
                     issue_slug=rendered.slug,
                     segments=key,
                     subject=rendered.subject,
@@ -180,7 +181,8 @@ def create_campaign(
                     created_at=now,
                     started_at=now if status == "running" else None,
                 )
-            ).inserted_primary_key[0]
+                .returning(campaigns.c.id)
+            ).scalar_one()
             frozen = select(
                 literal(campaign_id),
                 audience.c.id,

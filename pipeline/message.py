@@ -48,7 +48,7 @@ def _qp(text: str) -> bytes:
 
 def _header(name: str, value: str) -> bytes:
     """One header line, RFC 2047-encoded and folded by the email package (used once per issue)."""
-    return str(SMTP.fold(name, value)).encode("ascii")
+    return str(SMTP.header_factory(name, value).fold(policy=SMTP)).encode("ascii")
 
 
 def _ascii_header(name: str, value: str) -> bytes:

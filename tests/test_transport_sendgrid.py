@@ -105,7 +105,7 @@ def test_a_storm_longer_than_the_retries_returns_the_batch_to_the_queue(
     settings: Settings, emulator: SendGridEmulator
 ) -> None:
     emulator.inject(*[Fault(status=500)] * 3)
-    transport, waits = transport_for(settings, emulator, retries=2)
+    transport, _ = transport_for(settings, emulator, retries=2)
     outcomes = transport.send(make_batch(settings, emails(2)))
 
     assert {o.status for o in outcomes} == {"unsent"}

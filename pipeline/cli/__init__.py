@@ -16,6 +16,7 @@ from pipeline import __version__
 from pipeline.cli.context import CliContext, console_err
 from pipeline.cli.issues import check, new, render
 from pipeline.cli.sending import campaigns_group, send
+from pipeline.cli.subscribers import db, segments, subscribers
 from pipeline.errors import PipelineError
 
 
@@ -55,10 +56,11 @@ def cli(ctx: click.Context, settings_path: str | None, verbose: int, quiet: bool
         handlers=[RichHandler(console=console_err, show_time=False, show_path=verbose > 1)],
         force=True,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING if verbose < 2 else logging.INFO)
     ctx.obj = CliContext(settings_path)
 
 
-for command in (check, render, new, send):
+for command in (check, render, new, send, subscribers, segments, db):
     cli.add_command(command)
 cli.add_command(campaigns_group, "campaigns")
 

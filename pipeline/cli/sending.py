@@ -171,7 +171,8 @@ def send(
                 raise SystemExit(1)
             return
         plan = sending.plan(store, settings, issue, links, segments)
-        table = Table("segment", "recipients", title=f"{plan.issue_file.issue.subject}", title_justify="left")
+        console.print(f"[bold]{plan.issue_file.issue.subject}[/] ({plan.issue_file.slug})")
+        table = Table("segment", "recipients")
         for name, count in plan.counts.items():
             table.add_row(name, f"{count:,}")
         table.add_row("[bold]all (each once)[/]", f"[bold]{plan.total:,}[/]")
