@@ -1,0 +1,279 @@
+"""Campaigns end to end in the library, on SQLite and PostgreSQL: freeze, claim, send, record, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from pipeline import campaigns, ledger
+from pipeline.content import load_issue
+from pipeline.dispatch import Dispatcher
+from pipeline.importer import import_csv
+from pipeline.links import Links
+from pipeline.ratelimit import RateLimiter
+from pipeline.render import render
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.subscribers import add_subscriber, unsubscribe
+from pipeline.tables import deliveries, dispatch_runs
+from pipeline.transports.outbox import OutboxTransport
+from pipeline.transports.sendgrid import SendGridTransport
+from pipeline.transports.smtp import SmtpTransport
+from tests.emulators.sendgrid import Fault, SendGridEmulator
+from tests.fixtures.smtp import SmtpServer, free_port
+
+ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
+
+
+def people(n: int) -> list[str]:
+    return [f"reader{i:04d}@example.com" for i in range(n)]
+
+
+@pytest.fixture
+def audience(store: Store, tmp_path: Path) -> list[str]:
+    emails = people(60)
+    csv = tmp_path / "people.csv"
+    csv.write_text(
+        "email,name,tags\n" + "".join(f"{e},Reader {i},working-mom\n" for i, e in enumerate(emails))
+    )
+    import_csv(store, csv)
+    return emails
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Small batches so a 60-person campaign takes several claims."""
+    delivery = settings.delivery.model_copy(update={"batch_size": 7, "rate_per_second": 1e6})
+    return settings.model_copy(update={"delivery": delivery})
+
+
+def new_campaign(
+    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
+) -> campaigns.Campaign:
+    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
+    campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
+    assert created
+    return campaign
+
+
+def dispatcher(store: Store, settings: Settings, transport: object, **kwargs: object) -> Dispatcher:
+    return Dispatcher(
+        store,
+        settings,
+        transport,
+        Links(settings, store.signer),  # type: ignore[arg-type]
+        limiter=RateLimiter(1e6),
+        **kwargs,
+    )  # type: ignore[arg-type]
+
+
+def outbox(settings: Settings) -> OutboxTransport:
+    return OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
+
+
+def ledger_rows(store: Store, campaign_id: int) -> dict[str, str]:
+    with store.read() as conn:
+        rows = conn.execute(
+            select(deliveries.c.email, deliveries.c.status).where(deliveries.c.campaign_id == campaign_id)
+        )
+        return {email: status for email, status in rows}
+
+
+def delivered(settings: Settings, campaign: campaigns.Campaign) -> Counter[str]:
+    folder = outbox(settings).folder(campaign.id, campaign.issue_slug)
+    return Counter(path.name.split("-", 1)[1].removesuffix(".eml") for path in folder.glob("*.eml"))
+
+
+def test_starting_freezes_the_audience_into_one_ledger_row_each(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    add_subscriber(store, "late@example.com", tags=["working-mom"])
+
+    assert sorted(ledger_rows(store, campaign.id)) == sorted(audience)
+    assert set(ledger_rows(store, campaign.id).values()) == {"queued"}
+    issue_file = load_issue(fast.path(fast.newsletter.issues_dir) / ISSUE)
+    again, created = campaigns.create_campaign(store, render(issue_file, fast), ("everyone",), "outbox")
+    assert (again.id, created) == (campaign.id, False)
+
+
+def test_a_campaign_reaches_everyone_once_and_a_second_run_sends_nothing(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    report = dispatcher(store, fast, outbox(fast)).run(campaign.id)
+
+    assert report.counts == {"sent": 60}
+    assert report.campaign.status == "finished"
+    assert delivered(fast, campaign) == Counter(audience)
+    with pytest.raises(Exception, match="finished, not running"):
+        dispatcher(store, fast, outbox(fast)).run(campaign.id)
+    assert delivered(fast, campaign) == Counter(audience)
+
+
+def test_an_unsubscribe_during_the_campaign_is_honoured_at_the_next_claim(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    leaver = audience[-1]
+    done = threading.Event()
+
+    def unsubscribe_once(counts: Counter[str]) -> None:
+        if not done.is_set():
+            done.set()
+            unsubscribe(store, leaver, actor="test")
+
+    report = dispatcher(store, fast, outbox(fast), on_progress=unsubscribe_once).run(campaign.id)
+
+    assert report.counts == {"sent": 59, "skipped": 1}
+    assert leaver not in delivered(fast, campaign)
+    with store.read() as conn:
+        error = conn.execute(select(deliveries.c.error).where(deliveries.c.email == leaver)).scalar_one()
+    assert "unsubscribed" in error
+
+
+def test_rows_a_dead_process_left_sending_are_in_doubt_never_resent_silently(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    crashed = ledger.start_run(store, campaign.id)
+    claim = ledger.claim(store, campaign.id, crashed, 7)  # marked sending, then the process "died"
+    with store.write() as conn:
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == crashed).values(pid=_dead_pid()))
+
+    report = dispatcher(store, fast, outbox(fast)).run(campaign.id)
+
+    doubtful = {row.recipient.email for row in claim.rows}
+    assert report.found_in_doubt == 7
+    assert report.counts == {"sent": 53}
+    assert not doubtful & set(delivered(fast, campaign))
+    assert campaigns.report(store, campaign.id).counts["in_doubt"] == 7
+    assert report.campaign.status == "finished"
+
+    assert campaigns.resolve_in_doubt(store, campaign.id, resend=True) == 7
+    assert campaigns.get_campaign(store, campaign.id).status == "running"
+    dispatcher(store, fast, outbox(fast)).run(campaign.id)
+    assert delivered(fast, campaign) == Counter(audience)
+
+
+def test_mark_sent_resolves_in_doubt_rows_without_sending(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    crashed = ledger.start_run(store, campaign.id)
+    ledger.claim(store, campaign.id, crashed, 5)
+    ledger.end_run(store, crashed)
+    dispatcher(store, fast, outbox(fast)).run(campaign.id)
+
+    assert campaigns.resolve_in_doubt(store, campaign.id, resend=False) == 5
+    counts = campaigns.report(store, campaign.id).counts
+    assert counts == {"sent": 60}
+    assert sum(delivered(fast, campaign).values()) == 55
+
+
+def test_pause_stops_after_the_batch_in_flight_and_resume_finishes(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+
+    def pause_after_first_batch(counts: Counter[str]) -> None:
+        if counts["sent"] and campaigns.get_campaign(store, campaign.id).status == "running":
+            campaigns.change_status(store, campaign.id, "pause", "test")
+
+    report = dispatcher(store, fast, outbox(fast), on_progress=pause_after_first_batch).run(campaign.id)
+    assert report.stopped == "paused"
+    assert report.counts["sent"] == 7
+
+    campaigns.change_status(store, campaign.id, "resume")
+    assert dispatcher(store, fast, outbox(fast)).run(campaign.id).campaign.status == "finished"
+    assert delivered(fast, campaign) == Counter(audience)
+
+
+def test_cancel_marks_what_was_still_queued(store: Store, fast: Settings, audience: list[str]) -> None:
+    campaign = new_campaign(store, fast)
+    campaigns.change_status(store, campaign.id, "cancel", "wrong issue")
+    assert set(ledger_rows(store, campaign.id).values()) == {"cancelled"}
+    with pytest.raises(Exception, match="cannot resume"):
+        campaigns.change_status(store, campaign.id, "resume")
+
+
+def test_stop_event_finishes_in_flight_batches_and_leaves_nothing_sending(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    campaign = new_campaign(store, fast)
+    stop = threading.Event()
+    report = dispatcher(store, fast, outbox(fast), stop=stop, on_progress=lambda counts: stop.set()).run(
+        campaign.id
+    )
+
+    assert report.stopped == "interrupted"
+    counts = campaigns.report(store, campaign.id).counts
+    assert counts["sending"] == 0 and counts["in_doubt"] == 0
+    assert counts["sent"] == report.counts["sent"] > 0
+    assert dispatcher(store, fast, outbox(fast)).run(campaign.id).campaign.status == "finished"
+    assert delivered(fast, campaign) == Counter(audience)
+
+
+def test_an_unreachable_smtp_server_returns_rows_to_the_queue(
+    store: Store, fast: Settings, audience: list[str], smtp_server: SmtpServer
+) -> None:
+    campaign = new_campaign(store, fast)
+    down = fast.smtp.model_copy(
+        update={"host": "127.0.0.1", "port": free_port(), "security": "none", "timeout": 2.0}
+    )
+    report = dispatcher(store, fast, SmtpTransport(fast.model_copy(update={"smtp": down}), None)).run(
+        campaign.id
+    )
+    assert report.stopped and report.stopped.startswith("transport unavailable")
+    assert set(ledger_rows(store, campaign.id).values()) == {"queued"}
+
+    up = down.model_copy(update={"port": smtp_server.port})
+    transport = SmtpTransport(fast.model_copy(update={"smtp": up}), None)
+    assert dispatcher(store, fast, transport).run(campaign.id).campaign.status == "finished"
+    transport.close()
+    assert Counter(smtp_server.handler.recipients()) == Counter(audience)
+
+
+def test_a_429_and_503_storm_through_sendgrid_still_reaches_everyone_once(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    with SendGridEmulator(api_key="SG.dispatch") as emulator:
+        emulator.inject_every(2, Fault(status=429, headers={"X-RateLimit-Reset": "0"}))
+        emulator.inject(Fault(status=503), Fault(status=503))
+        config = fast.sendgrid.model_copy(update={"host": emulator.url, "concurrency": 3, "max_retries": 8})
+        transport = SendGridTransport(
+            fast.model_copy(update={"sendgrid": config}), "SG.dispatch", sleep=lambda s: None
+        )
+        report = dispatcher(store, fast, transport).run(new_campaign(store, fast).id)
+        assert report.campaign.status == "finished"
+        assert Counter(emulator.recipients()) == Counter(audience)
+        assert transport.stats.retries >= 4
+
+
+def test_two_workers_on_one_campaign_never_send_anyone_twice(
+    store: Store, fast: Settings, audience: list[str], smtp_server: SmtpServer
+) -> None:
+    campaign = new_campaign(store, fast)
+    smtp = fast.smtp.model_copy(update={"host": "127.0.0.1", "port": smtp_server.port, "security": "none"})
+    workers = [SmtpTransport(fast.model_copy(update={"smtp": smtp}), None) for _ in range(2)]
+    threads = [threading.Thread(target=dispatcher(store, fast, t).run, args=(campaign.id,)) for t in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for transport in workers:
+        transport.close()
+    assert Counter(smtp_server.handler.recipients()) == Counter(audience)
+    assert campaigns.finish_if_done(store, campaign.id).status == "finished"
+
+
+def _dead_pid() -> int:
+    """A process id that is not running (a child that has exited and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
