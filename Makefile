@@ -14,10 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## demo: check the sample issues and render the newest one (HTML, text, .eml) into rendered/
+## demo: check the samples, import the sample subscribers, render the newest issue and send it to
+## them through the local outbox (SQLite store in var/, messages in outbox/; no account needed)
 demo: $(STAMP)
 	$(BIN)/newsletter check
+	$(BIN)/newsletter subscribers import subscribers/sample.csv
 	$(BIN)/newsletter render $(NEWEST_ISSUE)
+	$(BIN)/newsletter send $(NEWEST_ISSUE) --yes
 
 ## system-deps: Debian's Chromium (page tests) and PostgreSQL (store tests), when missing
 system-deps:
@@ -47,6 +50,8 @@ golden: $(STAMP)
 ## bench: print the performance figures (not part of `make test`)
 bench: $(STAMP)
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/audience.py
+	$(BIN)/python bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,117 @@
+"""`newsletter send` and `newsletter campaigns` as an operator uses them (outbox transport, SQLite)."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline import campaigns, sending
+from pipeline.cli import cli
+from pipeline.cli.context import console, console_err
+from pipeline.links import Links
+from pipeline.settings import load_settings
+from pipeline.store import open_store
+
+ISSUE = "issues/2026-12-08-realistic-expectations.yaml"
+
+
+@pytest.fixture
+def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "s" * 40)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(console, "width", 200)
+    monkeypatch.setattr(console_err, "width", 200)
+
+    def invoke(*args: str, input: str | None = None, expect: int = 0) -> Result:
+        result = CliRunner().invoke(cli, ["--settings", str(project / "settings.toml"), *args], input=input)
+        assert result.exit_code == expect, (result.output, result.exception)
+        return result
+
+    invoke("subscribers", "import", "subscribers/sample.csv")
+    return invoke
+
+
+def outbox_files(project: Path) -> list[Path]:
+    return sorted((project / "outbox").glob("*/*.eml"))
+
+
+def test_dry_run_counts_and_sends_nothing(run: Any, project: Path) -> None:
+    result = run("send", ISSUE, "--dry-run", "--segment", "toddlers", "--segment", "working-moms")
+    assert "toddlers" in result.output and "working-moms" in result.output
+    assert "Dry run: nothing sent." in result.output
+    assert outbox_files(project) == []
+    assert "2026-12-08" not in run("campaigns").output
+
+
+def test_send_reaches_everyone_once_and_running_it_again_resumes_nothing(run: Any, project: Path) -> None:
+    first = run("send", ISSUE, "--yes")
+    assert "50 sent" in first.output and "finished" in first.output
+    assert "outbox/1-2026-12-08-realistic-expectations/" in first.output
+    files = outbox_files(project)
+    assert len(files) == 50
+
+    second = run("send", ISSUE, "--yes")
+    assert "already exists (finished)" in second.output
+    assert outbox_files(project) == files
+
+    message = message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Unsubscribe"].startswith("<https://news.example.org/u/")
+
+
+def test_confirmation_is_asked_and_no_means_nothing_starts(run: Any, project: Path) -> None:
+    result = run("send", ISSUE, input="n\n", expect=1)
+    assert "Send to 50 recipients through outbox?" in result.output
+    assert outbox_files(project) == []
+    assert "realistic-expectations" not in run("campaigns").output
+
+
+def test_a_test_copy_goes_to_one_address_without_a_campaign(run: Any, project: Path) -> None:
+    result = run("send", ISSUE, "--to", "editor@example.org")
+    assert "Test copy to editor@example.org: sent" in result.output
+    (path,) = outbox_files(project)
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["Subject"].startswith("[TEST] ")
+    assert message["To"] == "editor@example.org"
+    assert "realistic-expectations" not in run("campaigns").output
+
+
+def test_an_issue_with_errors_is_refused_with_file_line_and_field(run: Any, project: Path) -> None:
+    broken = project / "issues" / "2027-01-05-broken.yaml"
+    text = (project / ISSUE).read_text(encoding="utf-8").replace("date: 2026-12-08", "date: 2027-01-05")
+    broken.write_text(text.replace("subject:", "subjcet:", 1), encoding="utf-8")
+    result = run("send", str(broken), "--yes", expect=1)
+    assert "2027-01-05-broken.yaml:" in result.output
+    assert "unknown key 'subjcet' (did you mean 'subject'?)" in result.output
+    assert outbox_files(project) == []
+
+
+def test_campaign_commands_show_pause_resume_cancel_and_resolve(run: Any, project: Path) -> None:
+    run("send", ISSUE, "--yes", "--segment", "toddlers")
+    listing = run("campaigns").output
+    assert "realistic-expectations" in listing and "toddlers" in listing and "finished" in listing
+
+    shown = run("campaigns", "show", "1").output
+    assert "sent" in shown and "14" in shown
+
+    run("campaigns", "pause", "1", expect=1)  # a finished campaign cannot be paused
+    assert "no such campaign" in run("campaigns", "show", "9", expect=1).output
+    assert "choose --resend or --mark-sent" in run("campaigns", "resolve", "1", expect=2).output
+    assert "0 in-doubt recipient(s)" in run("campaigns", "resolve", "1", "--mark-sent").output
+
+    other = "issues/2026-12-15-build-your-support-system.yaml"
+    run("send", other, "--dry-run")
+    # a campaign that exists but was paused before sending waits for an explicit resume
+    settings = load_settings(project / "settings.toml")
+    with open_store(settings) as store:
+        plan = sending.plan(store, settings, project / other, Links(settings, store.signer))
+        campaign, _ = sending.start_campaign(store, plan, "outbox")
+        campaigns.change_status(store, campaign.id, "pause")
+    assert "resume it with `newsletter campaigns resume 2`" in run("send", other, "--yes").output
+    resumed = run("campaigns", "resume", "2").output
+    assert "finished" in resumed and "50 sent" in resumed
+    assert "cannot cancel" in run("campaigns", "cancel", "2", "--yes", expect=1).output
