@@ -32,6 +32,15 @@ def _http_url(value: str) -> str:
 
 Text = Annotated[str, Field(min_length=1)]
 """Required text (Markdown where the field says so); surrounding whitespace is stripped."""
+
+
+def _one_line(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("must be a single line (it becomes an email header or the inbox preview)")
+    return value
+
+
+Line = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
 Url = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -79,8 +88,8 @@ class Hero(Model):
 class Issue(Model):
     """One newsletter issue, as the editor wrote it."""
 
-    subject: Text
-    preheader: Text
+    subject: Line
+    preheader: Line
     date: dt.date
     intro: Text | None = None
     hero: Hero | None = None
@@ -161,7 +170,7 @@ def load_issue(path: str | Path) -> IssueFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ContentError([Problem(str(path), f"cannot read: {exc}")]) from None
     issue, problems = parse_issue(text, path)
-    if issue is None:
+    if issue is None or any(p.severity is Severity.ERROR for p in problems):
         raise ContentError(problems)
     return IssueFile(path, issue)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline import markup
 from pipeline.content import IssueFile, parse_issue
 from pipeline.errors import ContentError, Problem, Severity
 from pipeline.links import Links
@@ -28,7 +29,6 @@ SUBJECT_MAX, SUBJECT_WARN = 70, 60
 PREHEADER_MIN, PREHEADER_MAX = 40, 140
 HTML_MAX, HTML_WARN = 102 * 1024, 90 * 1024
 SAMPLE_RECIPIENT = Recipient(subscriber_id=1, email="reader@example.com", name="Alex Reader")
-_LINK_SCHEMES = {"http", "https", "mailto"}
 
 
 @dataclass
@@ -96,6 +96,11 @@ class _Locator:
         return next((path for path, value in self.strings if needle in value), ())
 
 
+def _is_absolute_link(link: str) -> bool:
+    parts = urlsplit(link)
+    return parts.scheme == "mailto" or (parts.scheme in {"http", "https"} and bool(parts.netloc))
+
+
 def lint_rendered(
     issue_file: IssueFile,
     copy: PersonalisedMessage,
@@ -128,15 +133,15 @@ def lint_rendered(
     for path, value in locator.strings:
         if "TODO" in value:
             problems.append(locator.problem(path, "unfinished: replace the TODO"))
+        for target in markup.link_targets(value):
+            if not _is_absolute_link(target):
+                problems.append(locator.problem(path, f"link '{target}' is not an absolute http(s) URL"))
 
     elements = _Elements()
     elements.feed(copy.html)
     for link in elements.links:
-        parts = urlsplit(link)
-        if parts.scheme not in _LINK_SCHEMES or (parts.scheme != "mailto" and not parts.netloc):
-            problems.append(
-                locator.problem(locator.containing(link), f"link '{link}' is not an absolute http(s) URL")
-            )
+        if not _is_absolute_link(link) and not locator.containing(link):  # Markdown links are checked above
+            problems.append(locator.problem((), f"link '{link}' in the template is not an absolute http(s) URL"))
     for image in elements.images:
         if not (image.get("alt") or "").strip():
             src = image.get("src") or ""

@@ -24,6 +24,25 @@ def _parser() -> MarkdownIt:
     )
 
 
+@lru_cache(maxsize=1)
+def _permissive_parser() -> MarkdownIt:
+    """A parser that keeps every link, whatever its scheme, so a check can see the ones we refuse."""
+    parser = MarkdownIt("commonmark", {"html": False})
+    parser.validateLink = lambda url: True  # type: ignore[method-assign]
+    return parser
+
+
+def link_targets(source: str) -> list[str]:
+    """Every link and image target written in Markdown, including ones rendering would drop."""
+    targets = []
+    for token in _permissive_parser().parse(source):
+        for child in token.children or ():
+            target = child.attrGet("href") if child.type == "link_open" else child.attrGet("src")
+            if child.type in {"link_open", "image"} and target is not None:
+                targets.append(str(target))
+    return targets
+
+
 def to_html(source: str) -> Markup:
     """Markdown → HTML for the email body (already escaped, so templates print it as is)."""
     parser = _parser()
@@ -88,6 +107,8 @@ def to_text(source: str, width: int = WIDTH) -> str:
             prefixes.pop()
         elif token.type == "paragraph_open":
             tight = token.hidden
+        elif token.type in {"code_block", "fence"}:
+            blocks.append((textwrap.indent(token.content.rstrip("\n"), "    "), None))
         elif token.type == "inline":
             blocks.append((_wrap(_inline_text(token), prefixes, width), lists_seen if tight else None))
             if prefixes:

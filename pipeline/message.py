@@ -42,8 +42,19 @@ def static_list_headers(settings: Settings) -> dict[str, str]:
 
 
 def _qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends; lines stay within 76 characters."""
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", CRLF)
+    """Quoted-printable with CRLF line ends, as a fragment to be followed by a soft line break.
+
+    Lines stay within 76 characters counting that break's ``=``: a last line of 76 is split once more,
+    never inside an ``=XX`` escape.
+    """
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    head, newline, last = encoded.rpartition(b"\n")
+    if len(last) > 75:
+        cut = 75
+        while b"=" in last[cut - 2 : cut]:
+            cut -= 1
+        last = last[:cut] + b"=\n" + last[cut:]
+    return (head + newline + last).replace(b"\n", CRLF)
 
 
 def _header(name: str, value: str) -> bytes:
@@ -126,7 +137,7 @@ class MessageTemplate:
             "preferences_url": fields.preferences_url,
         }
         personal = {
-            "To": formataddr((recipient.name or "", recipient.email), charset="utf-8"),
+            "To": formataddr((" ".join((recipient.name or "").split()), recipient.email), charset="utf-8"),
             "Date": format_datetime(date or datetime.now(UTC)),
             "Message-ID": message_id,
             "List-Unsubscribe": list_unsubscribe(self.settings, fields.unsubscribe_url),

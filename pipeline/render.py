@@ -102,6 +102,15 @@ def _md_text(source: str, indent: int = 0) -> str:
     return textwrap.indent(text, " " * indent).lstrip(" ") if indent else text
 
 
+def _on_text(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that first turns its value into text, so an undefined value raises UndefinedError."""
+
+    def text_filter(value: object, *args: Any, **kwargs: Any) -> Any:
+        return function(str(value), *args, **kwargs)
+
+    return text_filter
+
+
 def environment(templates_dir: Path) -> jinja2.Environment:
     """Jinja2 with StrictUndefined; HTML templates autoescaped, text templates not."""
     env = jinja2.Environment(
@@ -112,9 +121,9 @@ def environment(templates_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["md"] = markup.to_html
-    env.filters["md_inline"] = markup.to_inline_html
-    env.filters["md_text"] = _md_text
+    env.filters["md"] = _on_text(markup.to_html)
+    env.filters["md_inline"] = _on_text(markup.to_inline_html)
+    env.filters["md_text"] = _on_text(_md_text)
     return env
 
 
@@ -143,7 +152,20 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
             [Problem(exc.filename or name, f"template syntax: {exc.message}", exc.lineno)]
         ) from None
     except jinja2.UndefinedError as exc:
-        raise ContentError([Problem(name, f"template uses an undefined value: {exc.message}")]) from None
+        where, line = _template_frame(exc) or (name, None)
+        raise ContentError([Problem(where, f"template uses an undefined value: {exc.message}", line)]) from None
+
+
+def _template_frame(exc: BaseException) -> tuple[str, int] | None:
+    """The innermost template file and line in a traceback (Jinja maps frames back to template lines)."""
+    found = None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = (filename, traceback.tb_lineno)
+        traceback = traceback.tb_next
+    return found
 
 
 class Renderer:

@@ -88,6 +88,19 @@ def dotted(path: Path) -> str:
     return ".".join(str(part) for part in path)
 
 
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, source: str) -> Problem:
+    """Where the editor should look: the opening of what never closed, when YAML ran off the end."""
+    mark = exc.problem_mark or exc.context_mark
+    at_end = mark is not None and mark.index >= len(text.rstrip())
+    if at_end and exc.context_mark is not None:
+        mark = exc.context_mark
+        message = f"YAML syntax: {exc.context} was never closed ({exc.problem})"
+    else:
+        message = f"YAML syntax: {exc.problem or exc.context}"
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return Problem(source, message, line, column)
+
+
 def load_located(text: str, source: str) -> tuple[LocatedData | None, list[Problem]]:
     """Parse ``text``; return the data with positions, or ``None`` and the syntax problems."""
     loader = _Loader(text)
@@ -101,10 +114,7 @@ def load_located(text: str, source: str) -> tuple[LocatedData | None, list[Probl
         located.data = loader.construct_document(node)
         return located, problems
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        message = f"YAML syntax: {exc.problem or exc.context}"
-        return None, [Problem(source, message, line, column)]
+        return None, [_syntax_problem(exc, text, source)]
     except yaml.YAMLError as exc:
         return None, [Problem(source, f"YAML syntax: {exc}")]
     finally:

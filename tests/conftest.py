@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures.project", "tests.fixtures.store", "tests.fixtures.smtp"]
+pytest_plugins = [
+    "tests.fixtures.project",
+    "tests.fixtures.store",
+    "tests.fixtures.smtp",
+    "tests.fixtures.browser",
+]

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.logging import RichHandler
+from rich.text import Text
 
 from pipeline import __version__
 from pipeline.cli.context import CliContext, console_err
@@ -27,7 +28,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PipelineError as exc:
-            console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            for line in str(exc).splitlines():
+                located = ": error: " in line or ": warning: " in line  # already FILE:LINE: error: …
+                text = Text(line) if located else Text.assemble(("error:", "bold red"), " ", line)
+                console_err.print(text, soft_wrap=True)
             raise SystemExit(1) from None
 
 

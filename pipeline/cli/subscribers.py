@@ -229,7 +229,14 @@ def unsubscribe_(ctx: CliContext, email: str) -> None:
 
 
 @subscribers.command("export")
-@click.option("--format", "format_", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="csv re-imports with `subscribers import`; json is an array of objects, streamed.",
+)
 @click.option("--segment", "segments", multiple=True, metavar="NAME", help="Only people in this segment.")
 @click.option(
     "--output",

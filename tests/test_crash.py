@@ -1,0 +1,235 @@
+"""The proof of the ledger: real `newsletter send` processes killed, stopped and resumed.
+
+Every test runs the console script as a subprocess against a copy of the project with a tmp SQLite
+store, and counts what a real server accepted: the SendGrid emulator (in a thread here) or an aiosmtpd
+sink. A SIGKILL can leave at most the batches in flight *in doubt*; nobody is ever accepted twice,
+every row recorded ``sent`` was accepted exactly once, rows in doubt are never resent silently, and
+everyone in the audience has a ledger row saying what happened to them.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.emulators.sendgrid import Fault, SendGridEmulator
+from tests.fixtures.smtp import SmtpServer
+from tests.sendproc import API_KEY, Process, Row, SendProject
+
+BATCH_SIZE = 10
+CONCURRENCY = 4
+KILLS = 6
+
+
+@pytest.fixture
+def emulator() -> Iterator[SendGridEmulator]:
+    with SendGridEmulator(api_key=API_KEY, record="recipients") as emu:
+        yield emu
+
+
+def sendgrid_project(
+    project: Path, emulator: SendGridEmulator, *, rate: float, **more: object
+) -> SendProject:
+    sendgrid = {"host": emulator.url, "concurrency": CONCURRENCY, "timeout": 20.0, "max_retries": 6}
+    sendgrid |= more
+    return SendProject(
+        project,
+        {"delivery": {"batch_size": BATCH_SIZE, "rate_per_second": rate}, "sendgrid": sendgrid},
+    )
+
+
+def smtp_project(project: Path, server: SmtpServer, *, rate: float) -> SendProject:
+    smtp = {
+        "host": server.host,
+        "port": server.port,
+        "security": "none",
+        "connections": CONCURRENCY,
+        "timeout": 20.0,
+    }
+    return SendProject(
+        project, {"delivery": {"batch_size": BATCH_SIZE, "rate_per_second": rate}, "smtp": smtp}
+    )
+
+
+@dataclass
+class CrashLog:
+    kills: int = 0
+    left_sending: set[int] = field(default_factory=set)
+    """Ledger rows a killed process left ``sending``: exactly the rows that must be reported in doubt."""
+    final: Process | None = None
+
+
+def _mid_send(proj: SendProject, process: Process, delay: float, done_before: int) -> bool:
+    return process.elapsed >= delay and proj.done() > done_before
+
+
+def kill_and_resume(proj: SendProject, transport: str, rng: random.Random, kills: int) -> CrashLog:
+    """Run the same `newsletter send` over and over, SIGKILLing it mid-send ``kills`` times, then to the end.
+
+    Each kill lands at a seeded random time 0.8-2.5 s after the start, but never before that run has
+    recorded a batch (so it hits the sending loop, not the interpreter starting up).
+    """
+    log = CrashLog()
+    for _ in range(kills):
+        delay = rng.uniform(0.8, 2.5)
+        before = proj.done()
+        with proj.spawn(*proj.send_args(transport)) as process:
+            if process.wait_until(partial(_mid_send, proj, process, delay, before)):
+                process.kill()
+        if process.returncode == -signal.SIGKILL:
+            log.kills += 1
+            log.left_sending |= proj.ids_with_status("sending")
+            continue
+        # It finished before the kill came: a normal run, which must have finished the campaign.
+        assert process.returncode == 0, process.describe()
+        log.final = process
+        break
+    if log.final is None:
+        log.final = proj.send(transport, timeout=120.0)
+    assert proj.campaign_status() == "finished", log.final.describe()
+    return log
+
+
+def check_ledger_against(
+    proj: SendProject, accepted: Counter[str], emails: list[str], log: CrashLog, *, batch_size: int
+) -> None:
+    """The ledger's promises, checked against what the server really accepted."""
+    ledger = proj.ledger()
+    audience = proj.subscribers()
+    assert {email for email, _ in audience.values()} == set(emails)
+
+    twice = {email: n for email, n in accepted.items() if n > 1}
+    assert not twice, f"{len(twice)} accepted more than once, e.g. {dict(list(twice.items())[:10])}"
+    assert set(accepted) <= set(emails), f"accepted outside the audience: {set(accepted) - set(emails)}"
+
+    missing = set(audience) - {row.subscriber_id for row in ledger}
+    assert not missing, f"{len(missing)} people of the audience have no ledger row: {sorted(missing)[:10]}"
+    assert len(ledger) == len(audience), "one ledger row per recipient"
+
+    by_status = Counter(row.status for row in ledger)
+    assert set(by_status) <= {"sent", "in_doubt"}, by_status
+    sent = [row for row in ledger if row.status == "sent"]
+    not_accepted = [row.email for row in sent if accepted[row.email] != 1]
+    assert not not_accepted, f"{len(not_accepted)} rows say sent but were not accepted: {not_accepted[:10]}"
+
+    in_doubt = {row.id for row in ledger if row.status == "in_doubt"}
+    assert in_doubt == log.left_sending, (
+        "exactly the rows a killed run left sending are in doubt: nothing resent silently, nothing lost"
+    )
+    assert all(accepted[row.email] <= 1 for row in ledger if row.id in in_doubt)
+    assert len(in_doubt) <= log.kills * batch_size * CONCURRENCY, (
+        f"{len(in_doubt)} in doubt after {log.kills} kills: more than the batches in flight"
+    )
+
+    report = proj.run("campaigns", "show", "1")
+    assert "status: finished" in report.stdout, report.describe()
+    resolved = proj.run("campaigns", "resolve", "1", "--mark-sent")
+    assert f"{len(in_doubt)} in-doubt recipient(s) of campaign #1 marked sent" in resolved.stdout
+    after = proj.counts()
+    assert after == Counter({"sent": len(audience)}), after
+    assert proj.campaign_status() == "finished"
+
+
+def test_sendgrid_send_killed_six_times_sends_everyone_at_most_once(
+    project: Path, emulator: SendGridEmulator
+) -> None:
+    proj = sendgrid_project(project, emulator, rate=40.0)
+    emails = proj.import_subscribers(600)
+    log = kill_and_resume(proj, "sendgrid", random.Random(20261201), KILLS)
+
+    assert log.kills >= 3, "the sends were meant to be interrupted mid-campaign"
+    assert log.left_sending, "at least one kill should have caught a batch in flight"
+    check_ledger_against(proj, Counter(emulator.recipients()), emails, log, batch_size=BATCH_SIZE)
+
+
+def test_smtp_send_killed_six_times_sends_everyone_at_most_once(
+    project: Path, smtp_server: SmtpServer
+) -> None:
+    proj = smtp_project(project, smtp_server, rate=40.0)
+    emails = proj.import_subscribers(600)
+    log = kill_and_resume(proj, "smtp", random.Random(20261208), KILLS)
+
+    assert log.kills >= 3, "the sends were meant to be interrupted mid-campaign"
+    assert log.left_sending, "at least one kill should have caught a batch in flight"
+    check_ledger_against(proj, Counter(smtp_server.handler.recipients()), emails, log, batch_size=BATCH_SIZE)
+
+
+def test_a_storm_of_429_and_503_delays_the_send_but_everyone_gets_it_once(
+    project: Path, emulator: SendGridEmulator
+) -> None:
+    proj = sendgrid_project(project, emulator, rate=10_000.0, max_retries=12)
+    emails = proj.import_subscribers(250)
+    now = str(int(time.time()))  # reset "now": retry at once, and keep the test short
+    emulator.inject(Fault(status=503, headers={"Retry-After": "0"}))
+    emulator.inject_every(2, Fault(status=429, headers={"X-RateLimit-Reset": now}))
+    emulator.inject_every(7, Fault(status=503))
+
+    process = proj.send("sendgrid", timeout=120.0)
+
+    assert Counter(emulator.recipients()) == Counter(emails), process.describe()
+    assert emulator.requests_seen > 2 * len(emails) // BATCH_SIZE, "the storm did happen"
+    assert proj.campaign_status() == "finished"
+    assert proj.counts() == Counter({"sent": len(emails)})
+
+
+def test_an_unsubscribe_mid_campaign_is_honoured(project: Path, emulator: SendGridEmulator) -> None:
+    proj = sendgrid_project(project, emulator, rate=20.0)  # ~12 s for the unsubscribe to land
+    emails = proj.import_subscribers(240)
+    with proj.spawn(*proj.send_args("sendgrid")) as sender:
+        assert sender.wait_until(lambda: proj.done() > 0), sender.describe()
+        target: Row = max(proj.ledger(), key=lambda row: row.subscriber_id)
+        assert target.status == "queued", "the last recipient is still waiting when they unsubscribe"
+        unsubscribe = proj.run("subscribers", "unsubscribe", target.email)
+        assert f"{target.email}: unsubscribed" in unsubscribe.stdout
+        now = next(row for row in proj.ledger() if row.id == target.id)
+        assert now.status in {"queued", "skipped"}, (
+            "the sender reached the last recipient before the unsubscribe command had run (machine too slow?)"
+        )
+        sender.wait(120.0)
+    assert sender.returncode == 0, sender.describe()
+
+    accepted = Counter(emulator.recipients())
+    assert target.email not in accepted
+    assert accepted == Counter(e for e in emails if e != target.email)
+    rows = {row.subscriber_id: row for row in proj.ledger()}
+    assert rows[target.subscriber_id].status == "skipped"
+    assert "unsubscribed" in (rows[target.subscriber_id].error or "")
+    assert Counter(row.status for row in rows.values()) == Counter({"sent": len(emails) - 1, "skipped": 1})
+    assert proj.campaign_status() == "finished"
+
+
+def test_sigterm_finishes_the_batches_in_flight_and_a_second_run_completes(
+    project: Path, emulator: SendGridEmulator
+) -> None:
+    proj = sendgrid_project(project, emulator, rate=40.0)
+    emails = proj.import_subscribers(300)
+    rng = random.Random(20261215)
+    with proj.spawn(*proj.send_args("sendgrid")) as sender:
+        assert sender.wait_until(lambda: proj.done() > 0), sender.describe()
+        time.sleep(rng.uniform(0.0, 0.5))
+        sender.signal(signal.SIGTERM)
+        sender.wait(30.0)
+    assert sender.returncode is not None and sender.returncode >= 0, (
+        f"killed by the signal instead of stopping: {sender.describe()}"
+    )
+    assert "interrupted" in sender.stdout, sender.describe()
+    counts = proj.counts()
+    assert counts["sending"] == 0 and counts["in_doubt"] == 0, counts
+    assert counts["queued"] > 0, "SIGTERM was meant to arrive mid-campaign"
+    assert proj.campaign_status() == "running"
+    accepted = Counter(emulator.recipients())
+    sent = {row.email for row in proj.ledger() if row.status == "sent"}
+    assert accepted == Counter(sent), "what was accepted is exactly what the ledger says was sent"
+
+    proj.send("sendgrid", timeout=120.0)
+    assert Counter(emulator.recipients()) == Counter(emails)
+    assert proj.counts() == Counter({"sent": len(emails)})
+    assert proj.campaign_status() == "finished"
