@@ -141,7 +141,9 @@ def lint_rendered(
     elements.feed(copy.html)
     for link in elements.links:
         if not _is_absolute_link(link) and not locator.containing(link):  # Markdown links are checked above
-            problems.append(locator.problem((), f"link '{link}' in the template is not an absolute http(s) URL"))
+            problems.append(
+                locator.problem((), f"link '{link}' in the template is not an absolute http(s) URL")
+            )
     for image in elements.images:
         if not (image.get("alt") or "").strip():
             src = image.get("src") or ""

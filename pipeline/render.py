@@ -153,7 +153,9 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         ) from None
     except jinja2.UndefinedError as exc:
         where, line = _template_frame(exc) or (name, None)
-        raise ContentError([Problem(where, f"template uses an undefined value: {exc.message}", line)]) from None
+        raise ContentError(
+            [Problem(where, f"template uses an undefined value: {exc.message}", line)]
+        ) from None
 
 
 def _template_frame(exc: BaseException) -> tuple[str, int] | None:
