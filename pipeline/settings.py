@@ -118,6 +118,66 @@ class SendGridSettings(Section):
     categories: list[NonEmpty] = Field([], max_length=10, description="Categories added to every message.")
 
 
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+def _clock_time(value: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError(f"'{value}' is not a time of day as HH:MM (24-hour), such as 07:30")
+    return value
+
+
+class ScheduleSettings(Section):
+    weekday: Weekday = Field(
+        "tuesday", description="Day of the week issues go out (an issue's date should be one)."
+    )
+    time: Annotated[str, AfterValidator(_clock_time)] = Field(
+        "07:00", description="Local time of day issues go out, HH:MM (24-hour)."
+    )
+    timezone: TimeZone | None = Field(
+        None, description="IANA time zone of that time; defaults to newsletter.timezone."
+    )
+    catch_up_hours: float = Field(
+        12.0,
+        ge=0,
+        description="After downtime, send an issue at most this late; older ones are marked missed.",
+    )
+    per_recipient_timezone: bool = Field(
+        False, description="Deliver at the local time in each subscriber's own time zone."
+    )
+    tick_seconds: float = Field(60.0, gt=0, description="How often `newsletter run` looks for due issues.")
+    lease_seconds: float = Field(
+        300.0, gt=0, description="How long a silent scheduler keeps the lease before another takes over."
+    )
+
+
+class WebSettings(Section):
+    host: NonEmpty = Field("127.0.0.1", description="Address `newsletter serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `newsletter serve` listens on.")
+    webhook_public_key: str | None = Field(
+        None, description="SendGrid's signed Event Webhook verification key (base64 P-256 public key)."
+    )
+    webhook_max_age_seconds: int = Field(
+        600, ge=1, description="Webhook posts with an older signed timestamp are refused as replays."
+    )
+    webhook_max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest webhook post accepted.")
+    confirm_hours: int = Field(
+        72, ge=1, description="How long a double opt-in confirmation link stays valid."
+    )
+    signups_per_ip_per_hour: int = Field(
+        10, ge=1, description="Signup form posts allowed per client address."
+    )
+    bounce_rate_limit: float = Field(
+        0.02, gt=0, le=1, description="A running campaign pauses itself when its bounce rate passes this."
+    )
+    complaint_rate_limit: float = Field(
+        0.001, gt=0, le=1, description="A running campaign pauses itself when its complaint rate passes this."
+    )
+    health_min_sent: int = Field(
+        200, ge=1, description="Rates are judged only once a campaign has sent at least this many."
+    )
+
+
 class Settings(Section):
     """The whole settings file. ``root`` is the folder it was read from (not a key in the file)."""
 
@@ -127,6 +187,8 @@ class Settings(Section):
     delivery: DeliverySettings = DeliverySettings()
     smtp: SmtpSettings = SmtpSettings()
     sendgrid: SendGridSettings = SendGridSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    web: WebSettings = WebSettings()
     root: Path = Field(Path("."), exclude=True)
 
     def path(self, relative: Path) -> Path:

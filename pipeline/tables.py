@@ -10,6 +10,9 @@ without a migration in ``pipeline/migrations/versions/`` fails the suite.
     campaigns           one issue sent to one audience, with the issue as rendered when it started
     deliveries          the ledger: one row per recipient of a campaign, saying what happened
     dispatch_runs       sending processes, so rows a dead one left ``sending`` are known to be in doubt
+    leases, schedule_decisions   the scheduler: one instance at a time, each issue decided once
+    delivery_events     what the provider reported back (bounces, opens, clicks…), de-duplicated
+    confirmations       when the last double opt-in confirmation went out
 """
 
 from __future__ import annotations
@@ -206,3 +209,53 @@ dispatch_runs = Table(
     Index(None, "campaign_id", "ended_at"),
 )
 """One row per sending process: rows it left ``sending`` are in doubt once it is known dead."""
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("acquired_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)
+"""Named leases (``scheduler``): one holder at a time; an expired lease may be taken over."""
+
+schedule_decisions = Table(
+    "schedule_decisions",
+    metadata,
+    Column("id", id_type(), primary_key=True, autoincrement=True),
+    Column("issue_slug", String(200), nullable=False),
+    Column("due_at", UtcDateTime(), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("campaign_id", id_type(), ForeignKey("campaigns.id", ondelete="SET NULL")),
+    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("detail", String(500)),
+    CheckConstraint("decision IN ('started', 'missed')", "decision"),
+    Index(None, "issue_slug", unique=True),
+)
+"""What the scheduler decided about each issue, once: started (its campaign) or missed (too late)."""
+
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("id", id_type(), primary_key=True, autoincrement=True),
+    Column("sg_event_id", String(100)),
+    Column("kind", String(32), nullable=False),
+    Column("campaign_id", id_type(), ForeignKey("campaigns.id", ondelete="SET NULL")),
+    Column("subscriber_id", id_type()),
+    Column("url", String(2000)),
+    Column("reason", String(500)),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index(None, "sg_event_id", unique=True),
+    Index(None, "campaign_id", "kind"),
+)
+"""What the provider reported back (delivered, open, click, bounce, …), once per ``sg_event_id``."""
+
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("subscriber_id", id_type(), ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("sent_at", UtcDateTime(), nullable=False),
+)
+"""When a double opt-in confirmation last went to an unconfirmed subscriber (at most one an hour)."""
