@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import shutil
 from collections.abc import Iterator
 from email.parser import BytesParser
@@ -28,16 +27,6 @@ SUMMARY_OK = f"{SAMPLES} files checked: 0 error(s), 0 warning(s)"
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NEWSLETTER_SETTINGS", "NEWSLETTER_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures the root logger for its run; later tests get it back as it was."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def run(project: Path, *args: str) -> Result:
