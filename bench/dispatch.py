@@ -428,6 +428,7 @@ def main() -> None:
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
+        bench_settings(Path(tmp) / "unused.db")  # a broken settings.toml fails now, not after generating
         if args.recipients:
             ok &= bench_sendgrid(args.recipients, Path(tmp), profile)
         if args.smtp_recipients:

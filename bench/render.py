@@ -53,8 +53,12 @@ def main() -> None:
     message = MessageTemplate(settings, rendered)
     n = args.recipients
     print(f"per recipient ({n:,} copies, median of 5 rounds):")
-    print(f"  personalise (html + text substitution)  {per_call(lambda: personalise(rendered, fields), n) * 1e6:6.2f} µs")
-    print(f"  signed unsubscribe + preferences links  {per_call(lambda: links.personal_fields(recipient), n) * 1e6:6.2f} µs")
+    print(
+        f"  personalise (html + text substitution)  {per_call(lambda: personalise(rendered, fields), n) * 1e6:6.2f} µs"
+    )
+    print(
+        f"  signed unsubscribe + preferences links  {per_call(lambda: links.personal_fields(recipient), n) * 1e6:6.2f} µs"
+    )
     build = per_call(lambda: message.build(recipient, fields, message_id="<x@example.org>"), n // 10)
     print(f"  complete MIME message (.eml bytes)      {build * 1e6:6.2f} µs")
     print(f"  rendered HTML size                      {rendered.html.static_size / 1024:6.1f} KB")
