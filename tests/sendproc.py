@@ -183,7 +183,7 @@ class SendProject:
         return Counter({status: int(n) for status, n in rows})
 
     def done(self, campaign_id: int = 1) -> int:
-        """Rows whose outcome is recorded (neither queued nor sending)."""
+        """Rows whose outcome is known or given up on (neither queued nor sending; in doubt counts)."""
         counts = self.counts(campaign_id)
         return sum(counts.values()) - counts["queued"] - counts["sending"]
 
