@@ -1,0 +1,96 @@
+"""Commands for the web service and what it learns: ``serve`` runs it, ``report`` shows a campaign's fate."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+from rich.table import Table
+
+from pipeline.cli.context import CliContext, console, pass_context
+from pipeline.reports import Count, campaign_stats
+from pipeline.store import open_store
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on.  [default: web.host]")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port.  [default: web.port]")
+@click.option(
+    "--forwarded-allow-ips",
+    default="127.0.0.1",
+    show_default=True,
+    help="Proxies whose X-Forwarded-For is trusted for the client address (comma-separated, or *).",
+)
+@pass_context
+def serve(ctx: CliContext, host: str | None, port: int | None, forwarded_allow_ips: str) -> None:
+    """Run the subscriber-facing web service: unsubscribe, preferences, signup, archive, SendGrid webhook.
+
+    Put a TLS-terminating proxy in front of it and set newsletter.base_url to the public URL.
+    Stop it with Ctrl-C.
+    """
+    from pipeline.web import create_app, server  # Starlette and uvicorn load only for this command
+
+    settings = ctx.settings
+    with open_store(settings) as store:
+        app = create_app(settings, store)
+        host, port = host or settings.web.host, port or settings.web.port
+        console.print(
+            f"Serving {settings.newsletter.name} on http://{host}:{port} (public: {settings.newsletter.base_url})"
+        )
+        # uvicorn shuts down gracefully on Ctrl-C, then passes it on: for `serve` that is a normal stop.
+        with contextlib.suppress(KeyboardInterrupt):
+            server(app, host, port, forwarded_allow_ips=forwarded_allow_ips).run()
+    console.print("Stopped.")
+
+
+def _count(count: Count) -> str:
+    return f"{count.unique:,} ({count.total:,})"
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN", type=int)
+@click.option("--top", default=10, show_default=True, type=click.IntRange(0, 100), help="Links to list.")
+@pass_context
+def report(ctx: CliContext, campaign_id: int, top: int) -> None:
+    """What became of CAMPAIGN: sent, delivered, bounced, complained, unsubscribed, opened, clicked.
+
+    One row per segment (membership judged by the segment's rule today) and one for the whole
+    campaign; opens and clicks as unique people (total events). Then the most clicked links.
+    Delivery, opens and clicks come from SendGrid's Event Webhook (`newsletter serve`).
+    """
+    with open_store(ctx.settings) as store:
+        stats = campaign_stats(store, campaign_id, top=top)
+    c = stats.campaign
+    console.print(f"Campaign #{c.id}: [bold]{c.subject}[/] ({c.issue_slug}) · status: [bold]{c.status}[/]")
+    table = Table(
+        "segment",
+        "sent",
+        "delivered",
+        "bounced",
+        "complained",
+        "unsubscribed",
+        "opened",
+        "clicked",
+        caption="opened and clicked: unique people (total events)",
+    )
+    for row in stats.rows:
+        table.add_row(
+            f"[bold]{row.segment}[/]" if row is stats.rows[-1] else row.segment,
+            f"{row.sent:,}",
+            f"{row.delivered:,}",
+            f"{row.bounced:,}",
+            f"{row.complained:,}",
+            f"{row.unsubscribed:,}",
+            _count(row.opened),
+            _count(row.clicked),
+        )
+    console.print(table)
+    for name in stats.missing_segments:
+        console.print(f"[yellow]segment {name} is no longer in segments.toml: no row for it[/]")
+    if stats.links:
+        links = Table("clicks", "people", "link", title="Top links", title_justify="left")
+        for link in stats.links:
+            links.add_row(f"{link.clicks:,}", f"{link.unique:,}", link.url)
+        console.print(links)
+    elif top:
+        console.print("No clicks reported.")

@@ -1,0 +1,139 @@
+"""``pipeline.events``: SendGrid events read, tied to people and campaigns, stored once, acted on once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from pipeline.events import parse_event, record_events
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.tables import delivery_events
+from tests.emulators.sendgrid_events import event
+from tests.web_support import new_campaign, person
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def rows(store: Store) -> list[tuple[str, int | None, int | None]]:
+    e = delivery_events.c
+    with store.read() as conn:
+        query = select(e.kind, e.campaign_id, e.subscriber_id).order_by(e.id)
+        return [(kind, campaign, subscriber) for kind, campaign, subscriber in conn.execute(query)]
+
+
+def test_parsing_reads_custom_args_times_and_kinds() -> None:
+    parsed = parse_event(
+        event(
+            "bounce",
+            "Ana@Example.com",
+            campaign_id=3,
+            subscriber_id=7,
+            timestamp=1_700_000_000,
+            type="blocked",
+        ),
+        NOW,
+    )
+
+    assert parsed is not None
+    assert (parsed.kind, parsed.campaign_id, parsed.subscriber_id, parsed.email_key) == (
+        "blocked",
+        3,
+        7,
+        "ana@example.com",
+    )
+    assert parsed.occurred_at == dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
+    assert parsed.status is None  # a block is not a bounce of the address
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "abc", "1.5", "", None, True, "٣"])
+def test_ids_that_are_not_positive_numbers_are_unknown(value: object) -> None:
+    parsed = parse_event({"event": "open", "subscriber_id": value, "campaign_id": value}, NOW)
+
+    assert parsed is not None and parsed.subscriber_id is None and parsed.campaign_id is None
+
+
+def test_addresses_and_link_tokens_never_reach_the_store() -> None:
+    bounce = parse_event(
+        {"event": "bounce", "reason": "550 <ana@example.com>: unknown user ana@example.com"}, NOW
+    )
+    click = parse_event(
+        {"event": "click", "url": "https://news.example.org/u/MTI.abcdef?x=1", "timestamp": "not a number"},
+        NOW,
+    )
+
+    assert bounce is not None and bounce.reason == "550 <[address]>: unknown user [address]"
+    assert click is not None and click.url == "https://news.example.org/u/{token}?x=1"
+    assert click.occurred_at == NOW
+
+
+@pytest.mark.parametrize("item", [None, 3, "open", [], {}, {"event": ""}, {"event": {"x": 1}}])
+def test_items_that_are_not_events_are_none(item: object) -> None:
+    assert parse_event(item, NOW) is None
+
+
+def test_duplicates_in_one_post_and_across_posts_are_stored_once(store: Store) -> None:
+    item = event("open", "ana@example.com", sg_event_id="same")
+
+    first = record_events(store, [item, item])
+    second = record_events(store, [item])
+
+    assert (first.stored, first.duplicates, second.stored, second.duplicates) == (1, 1, 0, 1)
+    assert len(rows(store)) == 1
+
+
+def test_a_replayed_bounce_never_undoes_a_later_resubscribe(store: Store) -> None:
+    ana = person(store)
+    bounce = event("bounce", "ana@example.com", subscriber_id=ana.id)
+    assert record_events(store, [bounce]).status_changes == 1
+    set_status(store, ana.id, "active", actor="preferences-page", resubscribe=True)
+
+    replay = record_events(store, [bounce])
+
+    assert replay.status_changes == 0 and replay.duplicates == 1
+    assert find_subscriber(store, ana.id).status == "active"  # type: ignore[union-attr]
+
+
+def test_the_event_address_wins_over_an_id_that_belongs_to_someone_else(store: Store) -> None:
+    ana, ben = person(store), person(store, "ben@example.com")
+
+    record_events(store, [event("spamreport", "ana@example.com", subscriber_id=ben.id)])
+
+    assert find_subscriber(store, ana.id).status == "complained"  # type: ignore[union-attr]
+    assert find_subscriber(store, ben.id).status == "active"  # type: ignore[union-attr]
+    assert rows(store) == [("spamreport", None, ana.id)]
+
+
+def test_an_event_without_custom_args_is_matched_by_address(store: Store) -> None:
+    ana = person(store)
+
+    result = record_events(store, [event("group_unsubscribe", "ANA@example.com")])
+
+    assert result.status_changes == 1
+    assert find_subscriber(store, ana.id).status == "unsubscribed"  # type: ignore[union-attr]
+    last = subscriber_log(store, ana.id)[-1]
+    assert (last.actor, last.detail["event"]) == ("webhook", "group_unsubscribe")
+
+
+def test_only_known_campaigns_are_reported_for_a_health_check(store: Store, settings: Settings) -> None:
+    campaign = new_campaign(store, settings)
+
+    result = record_events(
+        store,
+        [
+            event("bounce", "a@example.com", campaign_id=campaign.id),
+            event("open", "b@example.com", campaign_id=99),
+        ],
+    )
+
+    assert result.campaigns == {campaign.id}
+    assert rows(store) == [("bounce", campaign.id, None), ("open", None, None)]
+
+
+def test_events_without_an_id_cannot_be_de_duplicated_and_are_kept(store: Store) -> None:
+    item = {"event": "open", "email": "ana@example.com", "timestamp": 1_700_000_000}
+
+    assert record_events(store, [item, item]).stored == 2

@@ -1,0 +1,139 @@
+"""A running campaign whose bounce or complaint rate passes its limit pauses itself, and says why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from pipeline import campaigns, health
+from pipeline.cli import cli
+from pipeline.cli.context import console
+from pipeline.settings import Settings, WebSettings
+from pipeline.store import Store, open_store
+from pipeline.web import create_app
+from tests.emulators.sendgrid_events import EventKey, event, post_events
+from tests.web_support import mark_sent, new_campaign, readers, send_everything, web_settings
+
+LIMITS = WebSettings(bounce_rate_limit=0.02, complaint_rate_limit=0.001, health_min_sent=100)
+
+
+@pytest.mark.parametrize(
+    ("sent", "bounces", "complaints", "paused"),
+    [
+        (99, 50, 5, False),  # too young to judge, however bad
+        (100, 2, 0, False),  # exactly at the limit: not past it
+        (100, 3, 0, True),
+        (1000, 1, 1, False),
+        (1000, 0, 2, True),
+    ],
+)
+def test_the_verdict(sent: int, bounces: int, complaints: int, paused: bool) -> None:
+    reason = health.verdict(health.Health(1, sent, bounces, complaints), LIMITS)
+
+    assert (reason is not None) == paused
+
+
+def test_the_reason_names_the_rate_the_counts_and_the_limit() -> None:
+    assert health.verdict(health.Health(1, 1000, 31, 0), LIMITS) == (
+        "paused automatically: bounce rate 3.1 % (31 of 1,000 sent) passed bounce_rate_limit 2 %"
+    )
+    assert health.verdict(health.Health(1, 1000, 0, 2), LIMITS) == (
+        "paused automatically: complaint rate 0.2 % (2 of 1,000 sent) passed complaint_rate_limit 0.1 %"
+    )
+
+
+@pytest.fixture
+def key() -> EventKey:
+    return EventKey()
+
+
+@pytest.fixture
+def guarded(settings: Settings, key: EventKey) -> Settings:
+    return web_settings(settings, key, health_min_sent=20, bounce_rate_limit=0.1, complaint_rate_limit=0.05)
+
+
+@pytest.fixture
+def client(guarded: Settings, store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(guarded, store)) as client:
+        yield client
+
+
+def bounces(campaign_id: int, sent: list[tuple[int, int]], kind: str = "bounce") -> list[dict[str, object]]:
+    return [
+        event(kind, f"reader{i:04d}@example.com", campaign_id=campaign_id, subscriber_id=s)
+        for i, (_, s) in enumerate(sent)
+    ]
+
+
+def test_bounces_arriving_by_webhook_pause_a_running_campaign(
+    client: TestClient, guarded: Settings, store: Store, key: EventKey, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+
+    calm = post_events(client, bounces(campaign.id, sent[:2]), key)
+    assert calm.json()["paused_campaigns"] == 0
+    assert campaigns.get_campaign(store, campaign.id).status == "running"
+
+    storm = post_events(client, bounces(campaign.id, sent[2:3]), key)
+
+    assert storm.json()["paused_campaigns"] == 1
+    paused = campaigns.get_campaign(store, campaign.id)
+    assert paused.status == "paused"
+    assert paused.status_reason == (
+        "paused automatically: bounce rate 15 % (3 of 20 sent) passed bounce_rate_limit 10 %"
+    )
+
+
+def test_complaints_pause_it_too(
+    client: TestClient, guarded: Settings, store: Store, key: EventKey, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+
+    post_events(client, bounces(campaign.id, sent[:2], "spamreport"), key)
+
+    assert campaigns.get_campaign(store, campaign.id).status_reason.startswith(  # type: ignore[union-attr]
+        "paused automatically: complaint rate 10 %"
+    )
+
+
+def test_too_few_sent_to_judge_and_campaigns_not_running_are_left_alone(
+    client: TestClient, guarded: Settings, store: Store, key: EventKey, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 40)
+    young = new_campaign(store, guarded)
+    young_sent = mark_sent(store, young.id, 10)
+    finished = new_campaign(store, guarded, ("working-moms", "everyone"))
+    send_everything(store, guarded, finished.id)
+
+    post_events(client, bounces(young.id, young_sent), key)  # 100 % of 10: too few to judge
+    post_events(client, bounces(finished.id, young_sent), key)  # 10 of 40, but it is done
+
+    assert campaigns.get_campaign(store, young.id).status == "running"
+    assert campaigns.get_campaign(store, finished.id).status == "finished"
+    assert health.enforce(store, finished.id, guarded.web) is None
+
+
+def test_campaigns_show_tells_why_it_paused(
+    guarded: Settings, key: EventKey, project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k" * 40)
+    monkeypatch.setattr(console, "width", 200)
+    with open_store(guarded) as store, TestClient(create_app(guarded, store)) as client:
+        readers(store, tmp_path, 30)
+        campaign = new_campaign(store, guarded)
+        post_events(client, bounces(campaign.id, mark_sent(store, campaign.id, 20)[:5]), key)
+
+    result = CliRunner().invoke(
+        cli, ["--settings", str(project / "settings.toml"), "campaigns", "show", str(campaign.id)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "status: paused (paused automatically: bounce rate 25 % (5 of 20 sent)" in result.output

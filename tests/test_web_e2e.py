@@ -1,0 +1,176 @@
+"""The subscriber's whole journey in real headless Chromium, against ``newsletter serve``'s app under uvicorn.
+
+Sign up on the form, confirm from the mailed link, receive an issue, change preferences, and leave by
+the unsubscribe link's button; every step is checked in the store, and no page may log an error (a
+CSP violation or a missing stylesheet shows up in the console).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+
+from pipeline import sending
+from pipeline.dispatch import Dispatcher
+from pipeline.links import Links
+from pipeline.ratelimit import RateLimiter
+from pipeline.settings import Settings
+from pipeline.store import Store, open_store
+from pipeline.subscribers import find_subscriber, subscriber_log
+from pipeline.transports.outbox import OutboxTransport
+from pipeline.web import create_app, server
+from tests.fixtures.smtp import free_port
+from tests.web_support import ISSUE, text_of
+
+ADDRESS = "reader@example.com"
+WAIT = 15.0
+"""Seconds to wait for something that happens in the background (never asserted as a duration)."""
+
+
+@dataclass
+class Live:
+    settings: Settings
+    store: Store
+    base_url: str
+
+    @property
+    def outbox(self) -> Path:
+        return self.settings.path(self.settings.delivery.outbox_dir)
+
+
+@pytest.fixture
+def live(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    """``newsletter serve``'s app under uvicorn on a free localhost port, in a background thread."""
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "e2e-" + "k" * 40)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    newsletter = settings.newsletter.model_copy(update={"base_url": base_url})
+    configured = settings.model_copy(update={"newsletter": newsletter})
+    with open_store(configured) as store:
+        uvicorn_server = server(create_app(configured, store), "127.0.0.1", port, access_log=False)
+        thread = threading.Thread(target=uvicorn_server.run, name="uvicorn", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while not uvicorn_server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.02)
+            yield Live(configured, store, base_url)
+        finally:
+            uvicorn_server.should_exit = True
+            thread.join(WAIT)
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def wait_for_mail(folder: Path) -> EmailMessage:
+    """The one .eml in ``folder``, once the background task has written it."""
+    deadline = time.monotonic() + WAIT
+    while not (found := sorted(folder.glob("*.eml"))):
+        assert time.monotonic() < deadline, f"no message appeared in {folder}"
+        time.sleep(0.05)
+    (path,) = found
+    parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def link(message: EmailMessage, base_url: str, route: str) -> str:
+    match = re.search(rf"{re.escape(base_url)}/{route}/[A-Za-z0-9_.-]+", text_of(message))
+    assert match, f"no /{route}/ link in the message"
+    return match.group(0)
+
+
+def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live, page: Page) -> None:
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    heading = page.get_by_role("heading", level=1)
+
+    # Sign up on the form.
+    page.goto(f"{live.base_url}/subscribe")
+    page.get_by_label("Email address").fill(ADDRESS)
+    page.get_by_label("First name").fill("Robin")
+    page.get_by_label("Toddler").check()
+    page.get_by_role("button", name="Subscribe").click()
+    expect(heading).to_have_text("Check your inbox")
+    pending = find_subscriber(live.store, ADDRESS)
+    assert pending is not None and (pending.status, pending.tags) == ("unconfirmed", ("toddler",))
+
+    # Confirm with the link from the mailed confirmation.
+    confirmation = wait_for_mail(live.outbox / "test-confirm")
+    assert confirmation["To"] == f"Robin <{ADDRESS}>"
+    page.goto(link(confirmation, live.base_url, "confirm"))
+    expect(heading).to_have_text("You are subscribed")
+    assert find_subscriber(live.store, ADDRESS).status == "active"  # type: ignore[union-attr]
+
+    # Send an issue through the outbox, as `newsletter send` does.
+    links = Links(live.settings, live.store.signer)
+    plan = sending.plan(live.store, live.settings, live.settings.path(Path("issues")) / ISSUE, links)
+    campaign, _ = sending.start_campaign(live.store, plan, "outbox")
+    transport = OutboxTransport(live.outbox, fsync=False)
+    report = Dispatcher(live.store, live.settings, transport, links, limiter=RateLimiter(1e6)).run(
+        campaign.id
+    )
+    assert report.counts["sent"] == 1
+    issue = wait_for_mail(transport.folder(campaign.id, campaign.issue_slug))
+    assert "Hi Robin," in text_of(issue)
+
+    # Change preferences from the issue's footer link.
+    page.goto(link(issue, live.base_url, "preferences"))
+    page.get_by_label("Toddler").uncheck()
+    page.get_by_label("Teen").check()
+    page.get_by_role("button", name="Save my preferences").click()
+    expect(page.get_by_role("status")).to_have_text("Saved. Thank you!")
+    assert find_subscriber(live.store, ADDRESS).tags == ("teen",)  # type: ignore[union-attr]
+
+    # Leave by the unsubscribe link the List-Unsubscribe header carries, pressing the button.
+    unsubscribe_url = str(issue["List-Unsubscribe"]).split(">")[0].lstrip("<")
+    assert unsubscribe_url == link(issue, live.base_url, "u")
+    page.goto(unsubscribe_url)
+    expect(heading).to_have_text("Unsubscribe?")
+    expect(page.get_by_text("r***@example.com")).to_be_visible()
+    page.get_by_role("button", name="Unsubscribe").click()
+    expect(heading).to_have_text("You are unsubscribed")
+
+    left = find_subscriber(live.store, ADDRESS)
+    assert left is not None and left.status == "unsubscribed"
+    assert subscriber_log(live.store, left.id)[-1].actor == "unsubscribe-link"
+
+    # The issue as archived renders, styled, without personal data.
+    page.goto(f"{live.base_url}/archive/{campaign.issue_slug}")
+    expect(page.get_by_text("Hi there,")).to_be_visible()
+    assert "Robin" not in page.content()
+    assert problems == [], "\n".join(problems)
+
+
+def test_a_page_is_readable_on_a_phone(live: Live, page: Page) -> None:
+    page.set_viewport_size({"width": 360, "height": 740})
+    problems: list[ConsoleMessage] = []
+    page.on("console", lambda message: problems.append(message) if message.type == "error" else None)
+
+    page.goto(f"{live.base_url}/subscribe")
+
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360  # nothing forces sideways scrolling
+    button = page.get_by_role("button", name="Subscribe").bounding_box()
+    assert button is not None and button["height"] >= 40  # a comfortable touch target
+    colour = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert colour == "rgb(244, 239, 233)"  # the newsletter's page colour: the stylesheet loaded
+    assert problems == []

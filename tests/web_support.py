@@ -1,0 +1,138 @@
+"""What the web tests share: service settings, a clock they can move, and readers of pages and outbox mail."""
+
+from __future__ import annotations
+
+import re
+import time
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+from pipeline import campaigns, ledger
+from pipeline.content import load_issue
+from pipeline.dispatch import Dispatcher
+from pipeline.importer import import_csv
+from pipeline.links import Links
+from pipeline.ratelimit import RateLimiter
+from pipeline.render import render
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.subscribers import Subscriber, add_subscriber
+from pipeline.transports.base import Outcome
+from pipeline.transports.outbox import OutboxTransport
+from tests.emulators.sendgrid_events import EventKey
+
+BASE_URL = "https://news.example.org"
+
+
+def web_settings(settings: Settings, key: EventKey | None = None, **web: Any) -> Settings:
+    """``settings`` with ``[web]`` values changed (and the webhook key of ``key``, if given)."""
+    if key is not None:
+        web["webhook_public_key"] = key.public_key
+    return settings.model_copy(update={"web": settings.web.model_copy(update=web)})
+
+
+class Clock:
+    """Unix time that moves only when a test says so."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def path_of(url: str) -> str:
+    """An absolute link of ours as a path the in-process client can request."""
+    assert url.startswith(BASE_URL + "/"), url
+    return url.removeprefix(BASE_URL)
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, "no CSRF field on the page"
+    return unescape(match.group(1))
+
+
+def heading(page: str) -> str:
+    match = re.search(r"<h1>(.*?)</h1>", page, re.S)
+    assert match, "no <h1> on the page"
+    return unescape(match.group(1)).strip()
+
+
+def outbox_messages(settings: Settings) -> list[EmailMessage]:
+    """Every .eml the outbox transport wrote, oldest name first."""
+    folder = settings.path(settings.delivery.outbox_dir)
+    messages = []
+    for path in sorted(Path(folder).glob("*/*.eml")):
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        messages.append(parsed)
+    return messages
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def html_of(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def link_in(message: EmailMessage, route: str) -> str:
+    """The first link to ``/{route}/…`` in the plain-text part."""
+    match = re.search(rf"{re.escape(BASE_URL)}/{route}/[A-Za-z0-9_.~-]+", text_of(message))
+    assert match, f"no /{route}/ link in the message"
+    return match.group(0)
+
+
+def person(store: Store, email: str = "ana@example.com", **kwargs: Any) -> Subscriber:
+    return add_subscriber(store, email, **{"name": "Ana Lima", **kwargs})
+
+
+ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
+
+
+def readers(store: Store, tmp_path: Path, count: int, tags: str = "", prefix: str = "reader") -> list[str]:
+    """Import ``count`` active subscribers (one CSV import, so hundreds take milliseconds)."""
+    emails = [f"{prefix}{i:04d}@example.com" for i in range(count)]
+    csv = tmp_path / f"{prefix}-{count}.csv"
+    csv.write_text("email,name,tags\n" + "".join(f"{e},Reader {i},{tags}\n" for i, e in enumerate(emails)))
+    import_csv(store, csv)
+    return emails
+
+
+def new_campaign(
+    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
+) -> campaigns.Campaign:
+    """A running campaign of the first sample issue, its audience frozen into queued ledger rows."""
+    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
+    campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
+    assert created
+    return campaign
+
+
+def mark_sent(store: Store, campaign_id: int, count: int) -> list[tuple[int, int]]:
+    """Record ``count`` queued rows as sent, as a dispatch run would; (delivery id, subscriber id) of each."""
+    run = ledger.start_run(store, campaign_id)
+    claim = ledger.claim(store, campaign_id, run, count)
+    ledger.record(store, [Outcome(row.delivery_id, "sent", f"<m{row.delivery_id}@x>") for row in claim.rows])
+    ledger.end_run(store, run)
+    return [(row.delivery_id, row.recipient.subscriber_id) for row in claim.rows]
+
+
+def send_everything(store: Store, settings: Settings, campaign_id: int) -> None:
+    """Send the whole campaign through the outbox transport (the campaign finishes)."""
+    transport = OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
+    Dispatcher(store, settings, transport, Links(settings, store.signer), limiter=RateLimiter(1e6)).run(
+        campaign_id
+    )
