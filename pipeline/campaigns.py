@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, literal, select, update
@@ -154,11 +154,13 @@ def create_campaign(
     *,
     status: str = "running",
     send_after: dt.datetime | None = None,
+    prepare: Callable[[Connection, int], object] | None = None,
 ) -> tuple[Campaign, bool]:
     """The campaign for (issue, segments): created with its audience frozen, or the existing one.
 
     Returns ``(campaign, created)``. Creating it and freezing its audience (one ledger row per
     recipient, by ``INSERT … SELECT``) is one transaction: a crash leaves either both or neither.
+    ``prepare(conn, campaign_id)`` runs in that transaction too (per-recipient send times).
     """
     key = segments_key(segments)
     audience = segment_select(store, segments).subquery()
@@ -196,6 +198,8 @@ def create_campaign(
                     ["campaign_id", "subscriber_id", "email", "name", "timezone", "status"], frozen
                 )
             )
+            if prepare is not None:
+                prepare(conn, campaign_id)
             return _get(conn, campaign_id), True
     except StoreError as exc:
         if not isinstance(exc.__cause__, IntegrityError):

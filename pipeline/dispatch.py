@@ -3,10 +3,14 @@
 Claims and records happen on the calling thread (one writer); transport calls run on a small pool of
 threads, ``transport.concurrency`` at a time. ``stop`` (set by Ctrl-C or SIGTERM in the CLI) stops the
 claiming of new batches; batches in flight finish and are recorded before ``run`` returns.
+
+Rows with a later ``send_at`` (per-recipient time zones) wait until they are due by ``now``; a
+transport that schedules delivery itself (SendGrid, ``send_ahead``) gets them early, grouped by time.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -22,7 +26,7 @@ from pipeline.message import MessageTemplate
 from pipeline.ratelimit import RateLimiter
 from pipeline.render import RenderedIssue
 from pipeline.settings import Settings
-from pipeline.store import Store
+from pipeline.store import Store, utcnow
 from pipeline.transports.base import Batch, Envelope, Outcome, Transport
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class Dispatcher:
         stop: threading.Event | None = None,
         on_progress: ProgressCallback | None = None,
         batch_size: int | None = None,
+        now: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -64,6 +69,9 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.batch_size = min(batch_size or settings.delivery.batch_size, transport.max_batch)
+        self.now = now
+        self.ahead: dt.timedelta | None = getattr(transport, "send_ahead", None)
+        """How far ahead the transport accepts a delivery time; None: it sends only what is due."""
 
     def run(self, campaign_id: int) -> RunReport:
         """Send every due, queued row of a running campaign; returns what happened."""
@@ -95,7 +103,12 @@ class Dispatcher:
             while True:
                 if stopped is None:
                     stopped = self._why_stop(run.campaign_id)
+                # The stop is re-checked before every claim: a signal that lands while a batch is
+                # being paced lets that batch go, but no further one is claimed.
                 while stopped is None and len(in_flight) < self.transport.concurrency:
+                    if self.stop.is_set():
+                        stopped = "interrupted"
+                        break
                     batch = self._claim(run)
                     if batch is None:
                         break
@@ -120,7 +133,10 @@ class Dispatcher:
     def _claim(self, run: _Run) -> Batch | None:
         """The next batch to send, paced by the rate limit; None when no queued row is due."""
         while True:
-            claim = ledger.claim(self.store, run.campaign_id, run.run_id, self.batch_size)
+            now = self.now()
+            claim = ledger.claim(
+                self.store, run.campaign_id, run.run_id, self.batch_size, now, ahead=self.ahead
+            )
             if claim.skipped:
                 run.counts["skipped"] += claim.skipped
                 self._progress(run)
@@ -133,7 +149,9 @@ class Dispatcher:
             for row in claim.rows
         ]
         self.limiter.acquire(len(envelopes))
-        return Batch(run.campaign_id, run.rendered, run.message, envelopes)
+        later = claim.send_at if claim.send_at is not None and claim.send_at > now else None
+        send_at = int(later.timestamp()) if later is not None else None
+        return Batch(run.campaign_id, run.rendered, run.message, envelopes, send_at)
 
     def _progress(self, run: _Run) -> None:
         if self.on_progress:

@@ -40,6 +40,8 @@ class Claimed:
 class Claim:
     rows: list[Claimed]
     skipped: int
+    send_at: dt.datetime | None = None
+    """When claimed ``ahead``: the delivery time every row of the claim shares (None: now)."""
 
 
 def start_run(store: Store, campaign_id: int) -> str:
@@ -101,15 +103,33 @@ def mark_in_doubt(store: Store, campaign_id: int) -> int:
         return result.rowcount or 0
 
 
-def claim(store: Store, campaign_id: int, run_id: str, size: int, now: dt.datetime | None = None) -> Claim:
-    """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending."""
+def claim(
+    store: Store,
+    campaign_id: int,
+    run_id: str,
+    size: int,
+    now: dt.datetime | None = None,
+    *,
+    ahead: dt.timedelta | None = None,
+) -> Claim:
+    """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending.
+
+    With ``ahead`` (a provider that schedules delivery itself), rows due up to that much later are
+    taken too, and a claim holds only rows sharing one ``send_at``, so one request carries one time.
+    """
     now = now or utcnow()
     d, s = deliveries.c, subscribers.c
-    due = or_(d.send_at.is_(None), d.send_at <= now)
-    pick = (
-        select(d.id).where(d.campaign_id == campaign_id, d.status == "queued", due).order_by(d.id).limit(size)
-    )
+    due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
+    queued = (d.campaign_id == campaign_id, d.status == "queued", due)
+    pick = select(d.id).where(*queued).order_by(d.id).limit(size)
+    send_at = None
     with store.write() as conn:
+        if ahead is not None:
+            first = conn.execute(select(d.send_at).where(*queued).order_by(d.id).limit(1)).first()
+            if first is None:
+                return Claim([], 0)
+            send_at = first.send_at
+            pick = pick.where(d.send_at.is_(None) if send_at is None else d.send_at == send_at)
         if conn.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         ids = list(conn.execute(pick).scalars())
@@ -141,7 +161,7 @@ def claim(store: Store, campaign_id: int, run_id: str, size: int, now: dt.dateti
         for row in rows
         if row.id not in skipped
     ]
-    return Claim(claimed, len(skipped))
+    return Claim(claimed, len(skipped), send_at)
 
 
 def _skip_reason(status: str | None, suppressed: bool) -> str | None:

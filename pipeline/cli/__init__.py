@@ -16,8 +16,10 @@ from rich.text import Text
 from pipeline import __version__
 from pipeline.cli.context import CliContext, console_err
 from pipeline.cli.issues import check, new, render
+from pipeline.cli.schedule import run, status
 from pipeline.cli.sending import campaigns_group, send
 from pipeline.cli.subscribers import db, segments, subscribers
+from pipeline.cli.web import report, serve
 from pipeline.errors import PipelineError
 
 
@@ -67,6 +69,10 @@ def cli(ctx: click.Context, settings_path: str | None, verbose: int, quiet: bool
 for command in (check, render, new, send, subscribers, segments, db):
     cli.add_command(command)
 cli.add_command(campaigns_group, "campaigns")
+cli.add_command(run)
+cli.add_command(status)
+cli.add_command(serve)
+cli.add_command(report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

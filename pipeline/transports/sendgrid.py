@@ -7,10 +7,12 @@ retries and sets no timeout; here every request has a timeout, 429 and 5xx are r
 backoff and full jitter (honouring ``X-RateLimit-Reset``/``Retry-After``), and a request whose fate is
 unknown (timeout or connection lost after it was sent) is reported in doubt, never resent blindly.
 A 400 that names particular personalizations fails just those and sends the rest again.
+Per-recipient delivery times go out ahead as ``send_at`` (at most 72 hours ahead, SendGrid's limit).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import logging
 import random
@@ -35,6 +37,8 @@ logging.getLogger("python_http_client").setLevel(logging.WARNING)
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0
+SEND_AHEAD = dt.timedelta(hours=72) - dt.timedelta(minutes=10)
+"""SendGrid refuses a ``send_at`` more than 72 h ahead; the margin covers clock skew and slow batches."""
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)\b")
 
 
@@ -96,6 +100,7 @@ def _never_sent(exc: BaseException) -> bool:
 class SendGridTransport:
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
+    send_ahead = SEND_AHEAD
 
     def __init__(
         self,
