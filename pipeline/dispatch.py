@@ -11,11 +11,12 @@ transport that schedules delivery itself (SendGrid, ``send_ahead``) gets them ea
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -65,10 +66,14 @@ class Dispatcher:
         self.settings = settings
         self.transport = transport
         self.links = links
-        self.limiter = limiter or RateLimiter(settings.delivery.rate_per_second)
-        self.stop = stop or threading.Event()
-        self.on_progress = on_progress
         self.batch_size = min(batch_size or settings.delivery.batch_size, transport.max_batch)
+        self.stop = stop or threading.Event()
+        # A full batch may go at once; after that the average rate holds. Waiting for the pace ends
+        # early on a stop signal (the limiter sleeps in the stop event's wait).
+        self.limiter = limiter or RateLimiter(
+            settings.delivery.rate_per_second, burst=self.batch_size, sleep=self.stop.wait
+        )
+        self.on_progress = on_progress
         self.now = now
         self.ahead: dt.timedelta | None = getattr(transport, "send_ahead", None)
         """How far ahead the transport accepts a delivery time; None: it sends only what is due."""
@@ -97,32 +102,44 @@ class Dispatcher:
         return report
 
     def _loop(self, run: _Run) -> str | None:
+        """Keep ``concurrency`` batches in flight; record each as soon as it returns."""
         stopped: str | None = None
-        in_flight: set[Future[list[Outcome]]] = set()
+        in_flight: dict[Future[list[Outcome]], str] = {}
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as pool:
             while True:
                 if stopped is None:
                     stopped = self._why_stop(run.campaign_id)
                 # The stop is re-checked before every claim: a signal that lands while a batch is
-                # being paced lets that batch go, but no further one is claimed.
+                # being paced lets no further batch be claimed.
                 while stopped is None and len(in_flight) < self.transport.concurrency:
                     if self.stop.is_set():
                         stopped = "interrupted"
                         break
-                    batch = self._claim(run)
+                    batch_id = f"{run.run_id}-{next(run.batches)}"
+                    batch = self._claim(run, batch_id)
                     if batch is None:
                         break
-                    in_flight.add(pool.submit(self.transport.send, batch))
+                    in_flight[pool.submit(self.transport.send, batch)] = batch_id
+                    # Rows wait in `sending` only while their batch is really out: record what is back.
+                    stopped = self._record([f for f in in_flight if f.done()], in_flight, run) or stopped
                 if not in_flight:
                     return stopped
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    outcomes = future.result()
-                    run.counts.update(ledger.record(self.store, outcomes))
-                    unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
-                    if unsent and stopped is None:
-                        stopped = f"transport unavailable: {unsent}"
-                    self._progress(run)
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                stopped = self._record(list(done), in_flight, run) or stopped
+
+    def _record(
+        self, done: list[Future[list[Outcome]]], in_flight: dict[Future[list[Outcome]], str], run: _Run
+    ) -> str | None:
+        """Write finished batches to the ledger; a reason to stop if the transport is unavailable."""
+        stopped = None
+        for future in done:
+            outcomes = future.result()
+            run.counts.update(ledger.record(self.store, outcomes, (run.campaign_id, in_flight.pop(future))))
+            unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
+            if unsent:
+                stopped = f"transport unavailable: {unsent}"
+            self._progress(run)
+        return stopped
 
     def _why_stop(self, campaign_id: int) -> str | None:
         if self.stop.is_set():
@@ -130,12 +147,24 @@ class Dispatcher:
         status = campaigns.get_campaign(self.store, campaign_id).status
         return None if status == "running" else status
 
-    def _claim(self, run: _Run) -> Batch | None:
-        """The next batch to send, paced by the rate limit; None when no queued row is due."""
+    def _claim(self, run: _Run, batch_id: str) -> Batch | None:
+        """The next batch to send, paced by the rate limit; None when no queued row is due.
+
+        The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
+        """
+        self.limiter.acquire(self.batch_size)
+        if self.stop.is_set():
+            return None
         while True:
             now = self.now()
             claim = ledger.claim(
-                self.store, run.campaign_id, run.run_id, self.batch_size, now, ahead=self.ahead
+                self.store,
+                run.campaign_id,
+                run.run_id,
+                self.batch_size,
+                now,
+                batch_id=batch_id,
+                ahead=self.ahead,
             )
             if claim.skipped:
                 run.counts["skipped"] += claim.skipped
@@ -148,7 +177,6 @@ class Dispatcher:
             Envelope(row.delivery_id, row.recipient, self.links.personal_fields(row.recipient))
             for row in claim.rows
         ]
-        self.limiter.acquire(len(envelopes))
         later = claim.send_at if claim.send_at is not None and claim.send_at > now else None
         send_at = int(later.timestamp()) if later is not None else None
         return Batch(run.campaign_id, run.rendered, run.message, envelopes, send_at)
@@ -165,3 +193,4 @@ class _Run:
     rendered: RenderedIssue
     message: MessageTemplate
     counts: Counter[str]
+    batches: Iterator[int] = field(default_factory=itertools.count)

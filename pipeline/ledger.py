@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +109,7 @@ def claim(
     size: int,
     now: dt.datetime | None = None,
     *,
+    batch_id: str | None = None,
     ahead: dt.timedelta | None = None,
 ) -> Claim:
     """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending.
@@ -120,8 +120,7 @@ def claim(
     now = now or utcnow()
     d, s = deliveries.c, subscribers.c
     due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
-    queued = (d.campaign_id == campaign_id, d.status == "queued", due)
-    pick = select(d.id).where(*queued).order_by(d.id).limit(size)
+    queued = [d.campaign_id == campaign_id, d.status == "queued", due]
     send_at = None
     with store.write() as conn:
         if ahead is not None:
@@ -129,37 +128,34 @@ def claim(
             if first is None:
                 return Claim([], 0)
             send_at = first.send_at
-            pick = pick.where(d.send_at.is_(None) if send_at is None else d.send_at == send_at)
-        if conn.dialect.name == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        ids = list(conn.execute(pick).scalars())
+            queued.append(d.send_at.is_(None) if send_at is None else d.send_at == send_at)
+        pick = select(d.id).where(*queued).order_by(d.id).limit(size)
+        postgres = conn.dialect.name == "postgresql"
+        ids = list(conn.execute(pick.with_for_update(skip_locked=True) if postgres else pick).scalars())
         if not ids:
             return Claim([], 0)
+        # SQLite has one writer, so the picked rows are exactly the queued ones in [first, last]: a
+        # range is far cheaper than a 1000-value IN list. PostgreSQL keeps the list of rows it locked.
+        mine = [*queued, d.id.in_(ids) if postgres else d.id.between(ids[0], ids[-1])]
         suppressed = exists().where(suppressions.c.address_hash == s.address_hash)
-        rows = conn.execute(
-            select(
-                d.id, d.subscriber_id, d.email, d.name, d.timezone, s.status, suppressed.label("suppressed")
-            )
+        not_allowed = conn.execute(
+            select(d.id, s.status, suppressed.label("suppressed"))
             .select_from(deliveries.outerjoin(subscribers, s.id == d.subscriber_id))
-            .where(d.id.in_(ids))
-            .order_by(d.id)
+            .where(*mine, or_(s.id.is_(None), s.status != "active", suppressed))
         ).all()
-        reasons = {row.id: _skip_reason(row.status, bool(row.suppressed)) for row in rows}
-        skipped = {row_id: reason for row_id, reason in reasons.items() if reason}
+        skipped = {row.id: _skip_reason(row.status, bool(row.suppressed)) or "" for row in not_allowed}
         for reason, group in _grouped(skipped).items():
             conn.execute(update(deliveries).where(d.id.in_(group)).values(status="skipped", error=reason))
-        sending = [row.id for row in rows if row.id not in skipped]
-        if sending:
-            conn.execute(
-                update(deliveries)
-                .where(d.id.in_(sending))
-                .values(status="sending", run_id=run_id, claimed_at=now)
-            )
+        rows = conn.execute(
+            update(deliveries)
+            .where(*mine)
+            .values(status="sending", run_id=run_id, batch_id=batch_id, claimed_at=now)
+            .returning(d.id, d.subscriber_id, d.email, d.name, d.timezone)
+        ).all()
         conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(heartbeat_at=now))
     claimed = [
         Claimed(row.id, Recipient(row.subscriber_id, row.email, row.name, row.timezone))
-        for row in rows
-        if row.id not in skipped
+        for row in sorted(rows, key=lambda row: row.id)
     ]
     return Claim(claimed, len(skipped), send_at)
 
@@ -181,15 +177,30 @@ def _grouped(reasons: dict[int, str]) -> dict[str, list[int]]:
     return groups
 
 
-def record(store: Store, outcomes: Iterable[Outcome]) -> Counter[str]:
-    """Write the transport's outcomes; ``unsent`` rows go back to the queue. Returns counts by status."""
+def record(store: Store, outcomes: list[Outcome], batch: tuple[int, str] | None = None) -> Counter[str]:
+    """Write the transport's outcomes; ``unsent`` rows go back to the queue. Returns counts by status.
+
+    The common case, a whole ``batch`` (campaign id, batch id) accepted under one message id (one API
+    request), is one UPDATE over the few rows the campaign has ``sending``; anything else goes row by row.
+    """
     by_status: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_status.setdefault(outcome.status, []).append(outcome)
     counts: Counter[str] = Counter({status: len(group) for status, group in by_status.items()})
     d = deliveries.c
     guarded = update(deliveries).where(d.id == bindparam("row_id"), d.status == "sending")
+    message_ids = {o.message_id for o in outcomes}
     with store.write() as conn:
+        if batch is not None and set(by_status) == {"sent"} and len(message_ids) == 1:
+            campaign_id, batch_id = batch
+            updated = conn.execute(
+                update(deliveries)
+                .where(d.campaign_id == campaign_id, d.status == "sending", d.batch_id == batch_id)
+                .values(status="sent", message_id=message_ids.pop(), error=None)
+            ).rowcount
+            if updated == len(outcomes):
+                return counts
+            # Not the batch we expected (rows changed under us): fall back to row by row, which is guarded.
         for status, group in by_status.items():
             _record_group(conn, guarded, status, group)
     return counts

@@ -14,7 +14,7 @@ class RateLimiter:
         burst: float | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.rate = rate
         self.capacity = burst if burst is not None else max(rate, 1.0)

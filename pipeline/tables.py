@@ -186,6 +186,7 @@ deliveries = Table(
     Column("status", String(16), nullable=False),
     Column("send_at", UtcDateTime()),  # not before this time (per-recipient time zones); NULL: now
     Column("run_id", String(32)),  # the dispatch run that claimed the row
+    Column("batch_id", String(48)),  # the claim it was sent in: outcomes are recorded per batch
     Column("claimed_at", UtcDateTime()),
     Column("message_id", String(255)),
     Column("error", String(1000)),

@@ -63,9 +63,12 @@ class Signer:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per token: the key is hashed once
 
     def _tag(self, purpose: str, payload: bytes) -> bytes:
-        return hmac.new(self._key, purpose.encode() + b"\0" + payload, hashlib.sha256).digest()[:_TAG_BYTES]
+        mac = self._keyed.copy()
+        mac.update(purpose.encode() + b"\0" + payload)
+        return mac.digest()[:_TAG_BYTES]
 
     def sign(self, purpose: str, subscriber_id: int, *, expires_at: int | None = None) -> str:
         payload = str(subscriber_id) if expires_at is None else f"{subscriber_id}.{expires_at}"

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("send_at", UtcDateTime()),
         sa.Column("run_id", sa.String(32)),
+        sa.Column("batch_id", sa.String(48)),
         sa.Column("claimed_at", UtcDateTime()),
         sa.Column("message_id", sa.String(255)),
         sa.Column("error", sa.String(1000)),
