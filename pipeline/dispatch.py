@@ -75,8 +75,6 @@ class Dispatcher:
         )
         self.on_progress = on_progress
         self.now = now
-        self.ahead: dt.timedelta | None = getattr(transport, "send_ahead", None)
-        """How far ahead the transport accepts a delivery time; None: it sends only what is due."""
 
     def run(self, campaign_id: int) -> RunReport:
         """Send every due, queued row of a running campaign; returns what happened."""
@@ -164,7 +162,7 @@ class Dispatcher:
                 self.batch_size,
                 now,
                 batch_id=batch_id,
-                ahead=self.ahead,
+                ahead=self.transport.send_ahead,
             )
             if claim.skipped:
                 run.counts["skipped"] += claim.skipped

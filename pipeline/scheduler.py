@@ -232,7 +232,7 @@ class Scheduler:
             campaign = campaigns.get_campaign(self.store, decision.campaign_id)
         transport = self.transports(campaign.transport)
         try:
-            ahead: dt.timedelta | None = getattr(transport, "send_ahead", None)
+            ahead = transport.send_ahead
             now = self.clock.now()
             with self.store.read() as conn:
                 waiting = only_waiting(conn, campaign.id, now + (ahead or dt.timedelta(0)))

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.agenda import Agenda, agenda
 from pipeline.cli.context import CliContext, console, pass_context
-from pipeline.cli.sending import _stop_on_signals
+from pipeline.cli.sending import stop_on_signals
 from pipeline.localtime import zone
 from pipeline.scheduler import Scheduler
 from pipeline.store import open_store, utcnow
@@ -82,7 +82,7 @@ def run(ctx: CliContext, once: bool) -> None:
     """
     settings = ctx.settings
     tz_name = settings.schedule.timezone or settings.newsletter.timezone
-    with open_store(settings) as store, _stop_on_signals() as stop:
+    with open_store(settings) as store, stop_on_signals() as stop:
         scheduler = Scheduler(store, settings, stop=stop)
         if not once:
             scheduler.run_forever()

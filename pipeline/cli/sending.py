@@ -35,7 +35,7 @@ DONE = ("sent", "failed", "skipped", "in_doubt")
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def stop_on_signals() -> Iterator[threading.Event]:
     """Ctrl-C or SIGTERM: stop claiming batches; the ones in flight finish and are recorded."""
     stop = threading.Event()
 
@@ -69,7 +69,7 @@ def run_campaign(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with _stop_on_signals() as stop, Progress(*columns, console=console_err, transient=False) as progress:
+    with stop_on_signals() as stop, Progress(*columns, console=console_err, transient=False) as progress:
         task = progress.add_task(
             "send", total=total, completed=already, campaign=campaign.id, sent=0, failed=0, rate=0
         )

@@ -8,6 +8,7 @@ accepted: a connection lost after the message was handed over). In-doubt rows ar
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -62,6 +63,8 @@ class Transport(Protocol):
     """How many ``send`` calls may run at once (parallel connections or requests)."""
     max_batch: int
     """The most envelopes one ``send`` call takes (SendGrid: 1000 personalizations)."""
+    send_ahead: dt.timedelta | None
+    """How far ahead the provider accepts a delivery time (``Batch.send_at``); None: send only what is due."""
     stats: TransportStats
 
     def send(self, batch: Batch) -> list[Outcome]:

@@ -6,6 +6,7 @@ never leaves a half-written message and a resent row overwrites its own file ins
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tempfile
@@ -21,6 +22,7 @@ def _safe(text: str) -> str:
 class OutboxTransport:
     name = "outbox"
     max_batch = 1000
+    send_ahead: dt.timedelta | None = None
     concurrency = 1
 
     def __init__(self, directory: Path, *, fsync: bool = True) -> None:

@@ -100,7 +100,7 @@ def _never_sent(exc: BaseException) -> bool:
 class SendGridTransport:
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
-    send_ahead = SEND_AHEAD
+    send_ahead: dt.timedelta | None = SEND_AHEAD
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ connection. When the server cannot be reached at all, the remaining messages go 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import smtplib
@@ -28,6 +29,7 @@ class _Unreachable(Exception):
 class SmtpTransport:
     name = "smtp"
     max_batch = 1000
+    send_ahead: dt.timedelta | None = None
 
     def __init__(self, settings: Settings, password: str | None) -> None:
         self.config = settings.smtp
