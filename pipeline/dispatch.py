@@ -150,7 +150,12 @@ class Dispatcher:
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
         """
-        self.limiter.acquire(self.batch_size)
+        waiting = ledger.waiting(
+            self.store, run.campaign_id, self.batch_size, self.now(), ahead=self.transport.send_ahead
+        )
+        if not waiting:
+            return None
+        self.limiter.acquire(waiting)
         if self.stop.is_set():
             return None
         while True:

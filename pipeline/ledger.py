@@ -160,6 +160,17 @@ def claim(
     return Claim(claimed, len(skipped), send_at)
 
 
+def waiting(
+    store: Store, campaign_id: int, size: int, now: dt.datetime, *, ahead: dt.timedelta | None = None
+) -> int:
+    """How many queued rows (at most ``size``) a claim could take now: what the next batch must pace for."""
+    d = deliveries.c
+    due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
+    rows = select(d.id).where(d.campaign_id == campaign_id, d.status == "queued", due).limit(size).subquery()
+    with store.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
+
+
 def _skip_reason(status: str | None, suppressed: bool) -> str | None:
     if status is None:
         return "subscriber erased since the campaign started"

@@ -277,3 +277,19 @@ def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_the_pace_is_paid_only_for_rows_that_are_waiting(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    """60 recipients at 10/s with a burst of one 7-row batch: 5.3 s of pacing, none for an empty queue."""
+    elapsed = [0.0]
+    limiter = RateLimiter(
+        10.0, burst=7, clock=lambda: elapsed[0], sleep=lambda s: elapsed.__setitem__(0, elapsed[0] + s)
+    )
+    campaign = new_campaign(store, fast)
+    report = Dispatcher(store, fast, outbox(fast), Links(fast, store.signer), limiter=limiter).run(
+        campaign.id
+    )
+    assert report.counts == {"sent": 60}
+    assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
