@@ -418,17 +418,18 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None) -> bool:
     ))  # fmt: skip
     print(f"  emulator: {stats}; its CPU during plan + freeze + send {emulator_cpu:.1f} s")
     ok = stats["recipients"] == n and final.counts == Counter({"sent": n})
-    if n >= 1_000_000:
-        speed = ("1M via SendGrid ≤ 30 s end to end", timings.total <= 30.0)
-    else:
-        projected = timings.total * 1_000_000 / n
-        speed = (f"≤ 30 s end to end for 1M: n/a at N={n:,} (linear projection {projected:.0f} s)", True)
-    targets = [
-        speed,
+    targets: list[tuple[str, bool]] = [
         ("peak RSS ≤ 150 MB", peak <= 150 * 1024),
         ("RSS flat: at N ≤ 1.2 x at 100k", rss_end <= 1.2 * at_mark),
         ("emulator saw exactly N recipients, ledger all sent", ok),
     ]
+    if n >= 1_000_000:
+        targets.insert(0, ("1M via SendGrid ≤ 30 s end to end", timings.total <= 30.0))
+    else:
+        projected = timings.total * 1_000_000 / n
+        print(
+            f"  [n/a] 1M via SendGrid ≤ 30 s end to end: N={n:,} here (linear projection {projected:.0f} s)"
+        )
     for name, met in targets:
         print(f"  [{'met' if met else 'MISSED'}] {name}")
     return ok
