@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from pipeline.recipient import Recipient
@@ -245,12 +245,3 @@ def status_counts(conn: Connection, campaign_id: int) -> Counter[str]:
         .group_by(deliveries.c.status)
     ).all()
     return Counter({status: int(n) for status, n in rows})
-
-
-def next_due(conn: Connection, campaign_id: int) -> dt.datetime | None:
-    """When the earliest queued row becomes due (per-recipient delivery times), or None if none wait."""
-    return conn.execute(
-        select(func.min(deliveries.c.send_at)).where(
-            and_(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "queued")
-        )
-    ).scalar_one_or_none()
