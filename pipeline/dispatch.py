@@ -150,14 +150,16 @@ class Dispatcher:
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
         """
-        waiting = ledger.waiting(
-            self.store, run.campaign_id, self.batch_size, self.now(), ahead=self.transport.send_ahead
-        )
-        if not waiting:
-            return None
-        self.limiter.acquire(waiting)
-        if self.stop.is_set():
-            return None
+        if not self.limiter.try_acquire(self.batch_size):
+            # The pace will make us wait: wait only for the rows that are really there.
+            waiting = ledger.waiting(
+                self.store, run.campaign_id, self.batch_size, self.now(), ahead=self.transport.send_ahead
+            )
+            if not waiting:
+                return None
+            self.limiter.acquire(waiting)
+            if self.stop.is_set():
+                return None
         while True:
             now = self.now()
             claim = ledger.claim(

@@ -24,6 +24,16 @@ class RateLimiter:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    def try_acquire(self, count: int) -> bool:
+        """Take ``count`` tokens if the bucket holds them now; never waits."""
+        with self._lock:
+            now = self._clock()
+            tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            if tokens < count:
+                return False
+            self._tokens, self._updated = tokens - count, now
+            return True
+
     def acquire(self, count: int = 1) -> float:
         """Block until ``count`` messages may go; returns the seconds waited.
 
