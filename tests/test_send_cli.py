@@ -115,3 +115,15 @@ def test_campaign_commands_show_pause_resume_cancel_and_resolve(run: Any, projec
     resumed = run("campaigns", "resume", "2").output
     assert "finished" in resumed and "50 sent" in resumed
     assert "cannot cancel" in run("campaigns", "cancel", "2", "--yes", expect=1).output
+
+
+def test_an_empty_audience_starts_no_campaign(run: Any, project: Path) -> None:
+    segments = project / "subscribers" / "segments.toml"
+    segments.write_text(
+        segments.read_text(encoding="utf-8")
+        + '\n[segments.nobody]\ndescription = "No one."\ntags.all = ["no-such-tag"]\n',
+        encoding="utf-8",
+    )
+    result = run("send", ISSUE, "--yes", "--segment", "nobody", expect=1)
+    assert "Nobody to send to" in result.output
+    assert "realistic-expectations" not in run("campaigns").output

@@ -190,6 +190,11 @@ def send(
             )
             console.print(f"Campaign #{plan.campaign.id} is {plan.campaign.status}: {hint}.")
             return
+        if plan.campaign is None and plan.total == 0:
+            console.print(
+                "Nobody to send to in these segments: no campaign started (import subscribers first?)."
+            )
+            raise SystemExit(1)
         chosen = transport or settings.delivery.transport
         if not yes and not click.confirm(
             f"Send to {plan.total:,} recipients through {chosen}?", default=False
