@@ -19,10 +19,9 @@ from pipeline.subscribers import Subscriber, find_subscriber, set_status, unsubs
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
 from pipeline.web.profile import clean_name, update_profile
-from pipeline.web.security import BodyTooLarge, read_body, replayed
+from pipeline.web.security import BodyTooLarge, read_form
 
 ACTOR = "preferences-page"
-FORM_LIMIT = 16 * 1024
 NOTICES = {
     "saved": "Saved. Thank you!",
     "unsubscribed": "You are unsubscribed from everything. We will not email you again.",
@@ -108,7 +107,7 @@ async def change(request: Request) -> Response:
     if subscriber_id is None:
         return ctx.pages.invalid_link()
     try:
-        form = await replayed(request, await read_body(request, FORM_LIMIT)).form(max_files=0, max_fields=100)
+        form = await read_form(request, max_fields=100)
     except BodyTooLarge:
         return ctx.pages.message("Too much data", status=413)
     if not ctx.guard.check(subscriber_id, form.get("csrf")):

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import FormData, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -148,6 +148,10 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+FORM_LIMIT = 16 * 1024
+"""The largest form or JSON post a subscriber-facing page accepts."""
+
+
 class BodyTooLarge(Exception):
     """The request body is bigger than the route accepts."""
 
@@ -180,3 +184,9 @@ def replayed(request: Request, body: bytes) -> Request:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return Request(request.scope, receive)
+
+
+async def read_form(request: Request, *, max_fields: int) -> FormData:
+    """A posted form no larger than ``FORM_LIMIT`` (``BodyTooLarge`` otherwise), without files."""
+    body = await read_body(request, FORM_LIMIT)
+    return await replayed(request, body).form(max_files=0, max_fields=max_fields)

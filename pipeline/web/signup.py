@@ -23,10 +23,9 @@ from pipeline.links import PREFERENCES
 from pipeline.web import optin
 from pipeline.web.context import WebContext, web
 from pipeline.web.profile import clean_name
-from pipeline.web.security import BodyTooLarge, client_address, read_body, replayed
+from pipeline.web.security import FORM_LIMIT, BodyTooLarge, client_address, read_body, replayed
 
 log = logging.getLogger(__name__)
-FORM_LIMIT = 16 * 1024
 HONEYPOT = "website"
 ACCEPTED = "Check your inbox"
 

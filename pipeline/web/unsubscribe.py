@@ -19,10 +19,9 @@ from pipeline.subscribers import Subscriber, find_subscriber, unsubscribe
 from pipeline.tables import LEFT_STATUSES
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
-from pipeline.web.security import BodyTooLarge, read_body, replayed
+from pipeline.web.security import BodyTooLarge, read_form
 
 ACTOR = "unsubscribe-link"
-FORM_LIMIT = 16 * 1024
 
 
 def _page(ctx: WebContext, token: str, subscriber: Subscriber, *, just_left: bool = False) -> Response:
@@ -64,7 +63,7 @@ async def one_click(request: Request) -> Response:
     if subscriber_id is None:
         return ctx.pages.invalid_link()
     try:
-        form = await replayed(request, await read_body(request, FORM_LIMIT)).form(max_files=0, max_fields=20)
+        form = await read_form(request, max_fields=20)
     except BodyTooLarge:
         return ctx.pages.message("Too much data", status=413)
     if form.get("List-Unsubscribe") != "One-Click":
