@@ -26,8 +26,7 @@ from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 from tests.emulators.sendgrid import Fault, SendGridEmulator
 from tests.fixtures.smtp import SmtpServer, free_port
-
-ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
+from tests.transport_helpers import ISSUE, new_campaign
 
 
 def people(n: int) -> list[str]:
@@ -50,15 +49,6 @@ def fast(settings: Settings) -> Settings:
     """Small batches so a 60-person campaign takes several claims."""
     delivery = settings.delivery.model_copy(update={"batch_size": 7, "rate_per_second": 1e6})
     return settings.model_copy(update={"delivery": delivery})
-
-
-def new_campaign(
-    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
-) -> campaigns.Campaign:
-    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
-    campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
-    assert created
-    return campaign
 
 
 def dispatcher(store: Store, settings: Settings, transport: object, **kwargs: object) -> Dispatcher:

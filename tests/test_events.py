@@ -13,7 +13,8 @@ from pipeline.store import Store
 from pipeline.subscribers import find_subscriber, set_status, subscriber_log
 from pipeline.tables import delivery_events
 from tests.emulators.sendgrid_events import event
-from tests.web_support import new_campaign, person
+from tests.transport_helpers import new_campaign
+from tests.web_support import person
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -16,7 +16,8 @@ from pipeline.settings import Settings, WebSettings
 from pipeline.store import Store, open_store
 from pipeline.web import create_app
 from tests.emulators.sendgrid_events import EventKey, event, post_events
-from tests.web_support import mark_sent, new_campaign, readers, send_everything, web_settings
+from tests.transport_helpers import new_campaign
+from tests.web_support import mark_sent, readers, send_everything, web_settings
 
 LIMITS = WebSettings(bounce_rate_limit=0.02, complaint_rate_limit=0.001, health_min_sent=100)
 

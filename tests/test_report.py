@@ -16,7 +16,8 @@ from pipeline.settings import Settings
 from pipeline.store import Store, open_store
 from pipeline.subscribers import find_subscriber, unsubscribe
 from tests.emulators.sendgrid_events import event
-from tests.web_support import new_campaign, readers, send_everything
+from tests.transport_helpers import new_campaign
+from tests.web_support import readers, send_everything
 
 A, B = "https://example.org/a", "https://example.org/b"
 

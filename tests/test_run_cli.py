@@ -19,7 +19,7 @@ from pipeline.cli.context import console, console_err
 from pipeline.lease import Lease
 from pipeline.settings import load_settings
 from pipeline.store import open_store, utcnow
-from tests.fixtures.project import REPO
+from tests.fixtures.project import REPO, cli_invoker
 from tests.sendproc import SendProject, dump_settings
 from tests.test_scheduler import issues_dir, write_issue
 
@@ -51,11 +51,7 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(console_err, "width", 200)
     settings_file = scheduled_today(project)
 
-    def invoke(*args: str, expect: int = 0) -> Result:
-        result = CliRunner().invoke(cli, ["--settings", str(settings_file), *args])
-        assert result.exit_code == expect, (result.output, result.exception)
-        return result
-
+    invoke = cli_invoker(settings_file)
     invoke("subscribers", "import", "subscribers/sample.csv")
     return invoke
 

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from pipeline import campaigns, sending
-from pipeline.cli import cli
 from pipeline.cli.context import console, console_err
 from pipeline.links import Links
 from pipeline.settings import load_settings
 from pipeline.store import open_store
+from tests.fixtures.project import cli_invoker
 
 ISSUE = "issues/2026-12-08-realistic-expectations.yaml"
 
@@ -26,11 +25,7 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(console, "width", 200)
     monkeypatch.setattr(console_err, "width", 200)
 
-    def invoke(*args: str, input: str | None = None, expect: int = 0) -> Result:
-        result = CliRunner().invoke(cli, ["--settings", str(project / "settings.toml"), *args], input=input)
-        assert result.exit_code == expect, (result.output, result.exception)
-        return result
-
+    invoke = cli_invoker(project / "settings.toml")
     invoke("subscribers", "import", "subscribers/sample.csv")
     return invoke
 

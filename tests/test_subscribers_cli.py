@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
 
 from pipeline.cli import cli
 from pipeline.cli.context import console
 from pipeline.store import head_revision
+from tests.fixtures.project import cli_invoker
 
 KEY = "k" * 40
 
@@ -23,13 +23,7 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(console, "width", 200)  # tables as on a wide terminal
     monkeypatch.chdir(project)
 
-    def invoke(*args: str, input: str | None = None, expect: int = 0, settings: Path | None = None) -> Result:
-        where = str(settings or project / "settings.toml")
-        result = CliRunner().invoke(cli, ["--settings", where, *args], input=input)
-        assert result.exit_code == expect, result.output
-        return result
-
-    return invoke
+    return cli_invoker(project / "settings.toml")
 
 
 def test_every_command_explains_itself(run: Any) -> None:

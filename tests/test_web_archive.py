@@ -16,7 +16,8 @@ from pipeline.settings import Settings
 from pipeline.store import Store
 from pipeline.web import create_app
 from pipeline.web.security import ARCHIVE_CSP
-from tests.web_support import ISSUE, heading, new_campaign, readers, send_everything
+from tests.transport_helpers import ISSUE, new_campaign
+from tests.web_support import heading, readers, send_everything
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 SLUG = ISSUE.removesuffix(".yaml")

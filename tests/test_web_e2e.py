@@ -29,7 +29,8 @@ from pipeline.subscribers import find_subscriber, subscriber_log
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.web import create_app, server
 from tests.fixtures.smtp import free_port
-from tests.web_support import ISSUE, text_of
+from tests.transport_helpers import ISSUE
+from tests.web_support import text_of
 
 ADDRESS = "reader@example.com"
 WAIT = 15.0

@@ -30,7 +30,8 @@ from tests.emulators.sendgrid_events import (
     post_events,
 )
 from tests.fixtures.store import snapshot
-from tests.web_support import Clock, new_campaign, person, readers, web_settings
+from tests.transport_helpers import new_campaign
+from tests.web_support import Clock, person, readers, web_settings
 
 MAX_BODY = 4096
 

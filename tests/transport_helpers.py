@@ -1,17 +1,30 @@
-"""Batches built by hand, so transports are tested without a store."""
+"""Campaigns and batches built by hand, so the send path is tested piece by piece."""
 
 from __future__ import annotations
 
+from pipeline import campaigns
 from pipeline.content import load_issue
 from pipeline.links import Links
 from pipeline.message import MessageTemplate
 from pipeline.recipient import Recipient
 from pipeline.render import render
 from pipeline.settings import Settings
+from pipeline.store import Store
 from pipeline.tokens import Signer
 from pipeline.transports.base import Batch, Envelope
 
 SIGNER = Signer(b"transport-tests-key-0123456789abcdef")
+ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
+
+
+def new_campaign(
+    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
+) -> campaigns.Campaign:
+    """A running campaign of the first sample issue, its audience frozen into queued ledger rows."""
+    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
+    campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
+    assert created
+    return campaign
 
 
 def make_batch(

@@ -10,13 +10,11 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
-from pipeline import campaigns, ledger
-from pipeline.content import load_issue
+from pipeline import ledger
 from pipeline.dispatch import Dispatcher
 from pipeline.importer import import_csv
 from pipeline.links import Links
 from pipeline.ratelimit import RateLimiter
-from pipeline.render import render
 from pipeline.settings import Settings
 from pipeline.store import Store
 from pipeline.subscribers import Subscriber, add_subscriber
@@ -99,9 +97,6 @@ def person(store: Store, email: str = "ana@example.com", **kwargs: Any) -> Subsc
     return add_subscriber(store, email, **{"name": "Ana Lima", **kwargs})
 
 
-ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
-
-
 def readers(store: Store, tmp_path: Path, count: int, tags: str = "", prefix: str = "reader") -> list[str]:
     """Import ``count`` active subscribers (one CSV import, so hundreds take milliseconds)."""
     emails = [f"{prefix}{i:04d}@example.com" for i in range(count)]
@@ -109,16 +104,6 @@ def readers(store: Store, tmp_path: Path, count: int, tags: str = "", prefix: st
     csv.write_text("email,name,tags\n" + "".join(f"{e},Reader {i},{tags}\n" for i, e in enumerate(emails)))
     import_csv(store, csv)
     return emails
-
-
-def new_campaign(
-    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
-) -> campaigns.Campaign:
-    """A running campaign of the first sample issue, its audience frozen into queued ledger rows."""
-    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
-    campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
-    assert created
-    return campaign
 
 
 def mark_sent(store: Store, campaign_id: int, count: int) -> list[tuple[int, int]]:
