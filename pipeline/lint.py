@@ -19,7 +19,7 @@ from pipeline.content import IssueFile, parse_issue
 from pipeline.errors import ContentError, Problem, Severity
 from pipeline.links import Links
 from pipeline.recipient import Recipient
-from pipeline.render import PersonalisedMessage, Renderer, personalise
+from pipeline.render import PersonalisedMessage, RenderedIssue, Renderer, personalise
 from pipeline.settings import Settings
 from pipeline.tokens import Signer
 from pipeline.yamlsource import Path as YamlPath
@@ -180,25 +180,35 @@ def lint_rendered(
     return problems
 
 
-def check_file(path: Path, renderer: Renderer, links: Links) -> list[Problem]:
+@dataclass
+class CheckedIssue:
+    """One file's check: every problem, and the issue as rendered when it got that far."""
+
+    problems: list[Problem]
+    issue_file: IssueFile | None = None
+    rendered: RenderedIssue | None = None
+
+
+def check_issue(path: Path, renderer: Renderer, links: Links) -> CheckedIssue:
     """Every problem in one issue file: schema first, then lint on its rendered copy."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [Problem(str(path), f"cannot read: {exc}")]
+        return CheckedIssue([Problem(str(path), f"cannot read: {exc}")])
     issue, problems = parse_issue(text, path)
     if issue is None:
-        return problems
+        return CheckedIssue(problems)
     issue_file = IssueFile(path, issue)
     try:
         rendered = renderer.render(issue_file)
     except ContentError as exc:
-        return problems + exc.problems
+        return CheckedIssue(problems + exc.problems, issue_file)
     fields = links.personal_fields(SAMPLE_RECIPIENT)
     copy = personalise(rendered, fields)
-    return problems + lint_rendered(
+    problems += lint_rendered(
         issue_file, copy, _Locator(issue_file, text), renderer.settings, fields.unsubscribe_url
     )
+    return CheckedIssue(problems, issue_file, rendered)
 
 
 def check_paths(paths: Iterable[Path], settings: Settings) -> CheckReport:
@@ -208,5 +218,5 @@ def check_paths(paths: Iterable[Path], settings: Settings) -> CheckReport:
     report = CheckReport()
     for path in paths:
         report.files += 1
-        report.problems.extend(check_file(path, renderer, links))
+        report.problems.extend(check_issue(path, renderer, links).problems)
     return report

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import audience, campaigns
-from pipeline.content import IssueFile, load_issue
+from pipeline.content import IssueFile
 from pipeline.errors import ContentError, Severity
 from pipeline.links import Links
-from pipeline.lint import check_file
+from pipeline.lint import check_issue
 from pipeline.message import MessageTemplate
 from pipeline.recipient import Recipient
 from pipeline.render import RenderedIssue, Renderer
@@ -37,12 +37,11 @@ class SendPlan:
 
 def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFile, RenderedIssue]:
     """Load, lint and render an issue; refuse (``ContentError``) if `newsletter check` finds errors."""
-    renderer = Renderer(settings)
-    problems = [p for p in check_file(path, renderer, links) if p.severity is Severity.ERROR]
-    if problems:
-        raise ContentError(problems)
-    issue_file = load_issue(path)
-    return issue_file, renderer.render(issue_file)
+    checked = check_issue(path, Renderer(settings), links)
+    errors = [p for p in checked.problems if p.severity is Severity.ERROR]
+    if errors or checked.issue_file is None or checked.rendered is None:
+        raise ContentError(errors or checked.problems)
+    return checked.issue_file, checked.rendered
 
 
 def plan(
