@@ -11,6 +11,7 @@ transport that schedules delivery itself (SendGrid, ``send_ahead``) gets them ea
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
 import logging
 import threading
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import campaigns, ledger
@@ -92,7 +94,8 @@ class Dispatcher:
             report.counts,
         )
         try:
-            report.stopped = self._loop(run)
+            with _rare_collections():
+                report.stopped = self._loop(run)
         finally:
             ledger.end_run(self.store, run.run_id)
         report.campaign = campaigns.finish_if_done(self.store, campaign_id)
@@ -189,6 +192,22 @@ class Dispatcher:
     def _progress(self, run: _Run) -> None:
         if self.on_progress:
             self.on_progress(run.counts)
+
+
+@contextmanager
+def _rare_collections(threshold: int = 10_000) -> Iterator[None]:
+    """Run the cyclic garbage collector every ``threshold`` allocations instead of every 700.
+
+    A send builds a dozen short-lived containers per recipient (rows, request bodies) that reference
+    counting frees; with the default threshold the collector ran every 60 or so recipients and took a
+    fifth of the sender's CPU, finding nothing. Collections still happen, just less often.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(threshold, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import html
 import re
 import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pipeline.links import archive_url
 from pipeline.recipient import PersonalFields
 from pipeline.settings import Settings
 
-PERSONAL_FIELDS = tuple(f.name for f in fields(PersonalFields))
+PERSONAL_FIELDS = PersonalFields._fields
 _PLACEHOLDER = re.compile(r"\[\[nl:(\w+)\]\]")
 # Zero-width characters after the preheader keep clients from pulling body text into the inbox preview.
 _PREVIEW_SPACER = Markup("&#847;&zwnj;&nbsp;" * 60)

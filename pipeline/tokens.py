@@ -1,6 +1,6 @@
 """Signed tokens for links in email (unsubscribe, preferences, confirm) and keyed address hashes.
 
-A token is ``base64url(payload) "." base64url(HMAC-SHA256(key, purpose + payload)[:16])``; the payload is
+A token is ``base64url(payload) "." base64url(BLAKE2b-128(key, purpose + payload))``; the payload is
 ``subscriber_id`` plus, for expiring tokens, a Unix expiry. 128-bit tags keep URLs short and forgery out
 of reach. The key comes from NEWSLETTER_SECRET_KEY; the embedded SQLite default generates one into
 ``var/secret.key`` (mode 0600) the first time, so a fresh clone works without setup.
@@ -63,12 +63,13 @@ class Signer:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per token: the key is hashed once
+        # Keyed BLAKE2b is a MAC in one call, about twice as fast as HMAC-SHA256 here, and two links per
+        # recipient make tags the hot path of a send. Keys longer than BLAKE2b takes are hashed first.
+        self._mac_key = hashlib.blake2b(key, digest_size=32, person=b"newsletter-tags").digest()
 
     def _tag(self, purpose: str, payload: bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(purpose.encode() + b"\0" + payload)
-        return mac.digest()[:_TAG_BYTES]
+        message = purpose.encode() + b"\0" + payload
+        return hashlib.blake2b(message, key=self._mac_key, digest_size=_TAG_BYTES).digest()
 
     def sign(self, purpose: str, subscriber_id: int, *, expires_at: int | None = None) -> str:
         payload = str(subscriber_id) if expires_at is None else f"{subscriber_id}.{expires_at}"

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.settings import Settings
 from pipeline.transports.sendgrid import SendGridTransport
-from tests.emulators.sendgrid import Fault, SendGridEmulator
+from tests.emulators.sendgrid import AcceptedMessage, Fault, SendGridEmulator
 from tests.transport_helpers import make_batch
 
 API_KEY = "SG.transport-test-key"
@@ -40,6 +40,15 @@ def emails(n: int) -> list[str]:
     return [f"reader{i}@example.com" for i in range(n)]
 
 
+def as_delivered(message: AcceptedMessage, index: int) -> tuple[str, str]:
+    """The (text, HTML) one recipient receives: SendGrid replaces each substitution key in the content."""
+    parts = [part["value"] for part in message.content]
+    for key, value in message.personalizations[index]["substitutions"].items():
+        parts = [part.replace(key, value) for part in parts]
+    text, html_part = parts
+    return text, html_part
+
+
 def test_one_request_carries_the_content_once_and_a_personalization_per_recipient(
     settings: Settings, emulator: SendGridEmulator
 ) -> None:
@@ -51,9 +60,19 @@ def test_one_request_carries_the_content_once_and_a_personalization_per_recipien
     assert len({o.message_id for o in outcomes}) == 1 and outcomes[0].message_id
     (message,) = emulator.messages
     assert [c["type"] for c in message.content] == ["text/plain", "text/html"]
-    assert (
-        "%first_name_html%" in message.content[1]["value"] and "%first_name%" in message.content[0]["value"]
-    )
+    # No value needs HTML escaping, so one tag per field serves both parts.
+    assert "%first_name%" in message.content[0]["value"] and "%first_name%" in message.content[1]["value"]
+    assert "%first_name_html%" not in message.content[1]["value"]
+    assert sorted(message.personalizations[0]["substitutions"]) == [
+        "%email%",
+        "%first_name%",
+        "%preferences_url%",
+        "%unsubscribe_url%",
+    ]
+    for index, envelope in enumerate(batch.envelopes):
+        text, html_part = as_delivered(message, index)
+        assert "%" + "first_name" not in text + html_part
+        assert envelope.fields.first_name in html_part and envelope.fields.unsubscribe_url in html_part
     assert message.custom_args == {"campaign_id": "42"}
     assert message.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     first = message.personalizations[0]
@@ -84,6 +103,9 @@ def test_html_values_are_escaped_and_text_values_are_not(
     substitutions = emulator.messages[0].personalizations[0]["substitutions"]
     assert substitutions["%first_name%"] == 'Ada "A&B"'
     assert substitutions["%first_name_html%"] == "Ada &quot;A&amp;B&quot;"
+    text, html_part = as_delivered(emulator.messages[0], 0)
+    assert 'Ada "A&B"' in text and 'Ada "A&B"' not in html_part
+    assert "Ada &quot;A&amp;B&quot;" in html_part
     assert emulator.messages[0].personalizations[0]["to"][0]["name"] == 'Ada "A&B" Lovelace Jr'
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from pipeline.message import MessageTemplate
 from pipeline.recipient import PersonalFields, Recipient
@@ -19,8 +19,7 @@ from pipeline.render import RenderedIssue
 OutcomeStatus = Literal["sent", "failed", "in_doubt", "unsent"]
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """One recipient's copy within a batch; ``delivery_id`` is its ledger row (0 for test sends)."""
 
     delivery_id: int
@@ -38,8 +37,7 @@ class Batch:
     """Unix time at which the provider should deliver (SendGrid ``send_at``); None means now."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     delivery_id: int
     status: OutcomeStatus
     message_id: str | None = None
