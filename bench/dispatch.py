@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import datetime as dt
 import io
@@ -74,6 +75,34 @@ def memory_kb() -> tuple[int, int]:
                 name, amount, _unit = line.split()
                 values[name[:-1]] = int(amount)
     return values["VmRSS"], values["VmHWM"]
+
+
+def descendants(pid: int, exclude: set[int]) -> list[int]:
+    """Every process under ``pid`` (worker processes sit under the forkserver), minus ``exclude``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii").rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in exclude:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def reset_peak() -> bool:
@@ -298,6 +327,12 @@ class Sampler:
     at_mark: int | None = None
     samples: list[tuple[float, int, int]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    not_workers: set[int] = field(default_factory=set)
+    """Child processes that are not ours to count (the emulator)."""
+    workers_peak: int = 0
+    """Highest sum of the worker processes' RSS seen (``delivery.processes`` > 1), kB."""
+    workers_cpu: dict[int, float] = field(default_factory=dict)
+    """CPU seconds each worker process had used when last looked at."""
 
     def __call__(self, counts: Counter[str]) -> None:
         done = counts["sent"] + counts["failed"] + counts["skipped"] + counts["in_doubt"]
@@ -306,6 +341,12 @@ class Sampler:
             self.at_mark = rss
         if not self.samples or done - self.samples[-1][1] >= 100_000:
             self.samples.append((time.perf_counter() - self.started, done, rss))
+            workers = descendants(os.getpid(), self.not_workers)
+            self.workers_peak = max(self.workers_peak, sum(rss_kb(pid) for pid in workers))
+            self.workers_cpu.update(dict.fromkeys(set(workers) - set(self.workers_cpu), 0.0))
+        for pid in self.workers_cpu:
+            with contextlib.suppress(OSError):  # exited: keep what it had used
+                self.workers_cpu[pid] = cpu_seconds(pid)
 
 
 @dataclass
@@ -377,7 +418,7 @@ def print_run(label: str, n: int, timings: Timings, run: RunReport, final: campa
     print(f"  this run: {dict(run.counts)}; campaign {final.campaign.status}: {dict(final.counts)}")
 
 
-def bench_sendgrid(n: int, workdir: Path, profile: str | None) -> bool:
+def bench_sendgrid(n: int, workdir: Path, profile: str | None, processes: int) -> bool:
     db = workdir / "sendgrid.db"
     t0 = time.perf_counter()
     generator = child("generate", "--db", str(db), "--count", str(n))
@@ -389,11 +430,12 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None) -> bool:
     try:
         settings = bench_settings(
             db,
-            delivery={"batch_size": 1000, "rate_per_second": 1e9},
+            delivery={"batch_size": 1000, "rate_per_second": 1e9, "processes": processes},
             sendgrid={"host": url, "timeout": 60.0},
         )
+        os.environ["SENDGRID_API_KEY"] = API_KEY  # worker processes open their transport from the env
         transport = SendGridTransport(settings, API_KEY)
-        sampler = Sampler()
+        sampler = Sampler(not_workers={emulator.pid})
         emulator_cpu = cpu_seconds(emulator.pid)
         reset_peak()
         rss_start, _ = memory_kb()
@@ -404,9 +446,8 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None) -> bool:
     finally:
         stop(emulator)
 
-    print_run(
-        f"SendGrid (emulator in its own process; concurrency {transport.concurrency})", n, timings, run, final
-    )
+    in_flight = f"{processes} worker processes" if processes > 1 else f"concurrency {transport.concurrency}"
+    print_run(f"SendGrid (emulator in its own process; {in_flight})", n, timings, run, final)
     print(f"  requests {transport.stats.requests:,}, retries {transport.stats.retries}")
     at_mark = sampler.at_mark or rss_end
     print(
@@ -416,6 +457,11 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None) -> bool:
     print("  RSS along the send (s, recipients, RSS): " + ", ".join(
         f"({t:.1f}, {d:,}, {mb(r)})" for t, d, r in sampler.samples
     ))  # fmt: skip
+    if processes > 1:
+        print(
+            f"  worker processes: CPU {sum(sampler.workers_cpu.values()):.1f} s together; "
+            f"RSS {mb(sampler.workers_peak)} together at the highest sample"
+        )
     print(f"  emulator: {stats}; its CPU during plan + freeze + send {emulator_cpu:.1f} s")
     ok = stats["recipients"] == n and final.counts == Counter({"sent": n})
     targets: list[tuple[str, bool]] = [
@@ -546,6 +592,12 @@ def main() -> None:
         "--smtp-connections", type=int, help="parallel SMTP connections  [default: smtp.connections]"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=min(os.cpu_count() or 1, 2),
+        help="delivery.processes for the SendGrid send  [default: 2 on a multi-core machine]",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile the SendGrid send (py-spy or cProfile)"
     )
     parser.add_argument("--role", choices=("generate", "sink"), help=argparse.SUPPRESS)
@@ -578,7 +630,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         bench_settings(Path(tmp) / "unused.db")  # a broken settings.toml fails now, not after generating
         if args.recipients:
-            ok &= bench_sendgrid(args.recipients, Path(tmp), profile)
+            ok &= bench_sendgrid(args.recipients, Path(tmp), profile, args.processes)
         if args.smtp_recipients:
             ok &= bench_smtp(args.smtp_recipients, Path(tmp), args.smtp_connections, args.smtp_sink)
     if not ok:

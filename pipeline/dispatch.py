@@ -1,8 +1,10 @@
 """The send loop: claim a batch from the ledger, pace it, hand it to the transport, record the outcome.
 
-Claims and records happen on the calling thread (one writer); transport calls run on a small pool of
-threads, ``transport.concurrency`` at a time. ``stop`` (set by Ctrl-C or SIGTERM in the CLI) stops the
-claiming of new batches; batches in flight finish and are recorded before ``run`` returns.
+Claims and records happen on the calling thread (one writer). Between them a courier signs the
+recipients' links and calls the transport: on a small pool of threads, ``transport.concurrency`` at a
+time, or with ``delivery.processes`` above 1 in that many worker processes, one batch each (see
+``courier``). ``stop`` (set by Ctrl-C or SIGTERM in the CLI) stops the claiming of new batches; batches
+in flight finish and are recorded before ``run`` returns.
 
 Rows with a later ``send_at`` (per-recipient time zones) wait until they are due by ``now``; a
 transport that schedules delivery itself (SendGrid, ``send_ahead``) gets them early, grouped by time.
@@ -23,14 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import campaigns, ledger
+from pipeline.courier import Courier, Job, deliver_in_worker, worker_pool
 from pipeline.errors import DispatchError
 from pipeline.links import Links
-from pipeline.message import MessageTemplate
 from pipeline.ratelimit import RateLimiter
 from pipeline.render import RenderedIssue
 from pipeline.settings import Settings
 from pipeline.store import Store, utcnow
-from pipeline.transports.base import Batch, Envelope, Outcome, Transport
+from pipeline.transports.base import Outcome, Transport
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class RunReport:
 
 
 ProgressCallback = Callable[[Counter[str]], None]
+Submit = Callable[[Job], "Future[list[Outcome]]"]
 
 
 class Dispatcher:
@@ -62,6 +65,7 @@ class Dispatcher:
         stop: threading.Event | None = None,
         on_progress: ProgressCallback | None = None,
         batch_size: int | None = None,
+        processes: int | None = None,
         now: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -69,6 +73,7 @@ class Dispatcher:
         self.transport = transport
         self.links = links
         self.batch_size = min(batch_size or settings.delivery.batch_size, transport.max_batch)
+        self.processes = processes or settings.delivery.processes
         self.stop = stop or threading.Event()
         # A full batch may go at once; after that the average rate holds. Waiting for the pace ends
         # early on a stop signal (the limiter sleeps in the stop event's wait).
@@ -86,47 +91,53 @@ class Dispatcher:
         if campaign.status != "running":
             raise DispatchError(f"campaign {campaign_id} is {campaign.status}, not running")
         rendered = campaigns.load_rendered(self.store, campaign_id)
-        run = _Run(
-            campaign_id,
-            ledger.start_run(self.store, campaign_id),
-            rendered,
-            MessageTemplate(self.settings, rendered),
-            report.counts,
-        )
+        run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
         try:
-            with _rare_collections():
-                report.stopped = self._loop(run)
+            with _rare_collections(), self._couriers(rendered) as (submit, in_flight):
+                report.stopped = self._loop(run, submit, in_flight)
         finally:
             ledger.end_run(self.store, run.run_id)
         report.campaign = campaigns.finish_if_done(self.store, campaign_id)
         report.elapsed = time.monotonic() - started
         return report
 
-    def _loop(self, run: _Run) -> str | None:
-        """Keep ``concurrency`` batches in flight; record each as soon as it returns."""
+    @contextmanager
+    def _couriers(self, rendered: RenderedIssue) -> Iterator[tuple[Submit, int]]:
+        """Where jobs go, and how many may be out at once: the transport's concurrency on threads of
+        this process, or one per worker process (``processes`` > 1). Leaving waits for all of them."""
+        if self.processes > 1:
+            transport = self.transport.name
+            with worker_pool(self.processes, self.settings, transport, self.links, rendered) as processes:
+                yield (lambda job: processes.submit(deliver_in_worker, job)), self.processes
+            return
+        courier = Courier(self.settings, self.transport, self.links, rendered)
+        with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
+            yield (lambda job: threads.submit(courier.deliver, job)), self.transport.concurrency
+
+    def _loop(self, run: _Run, submit: Submit, limit: int) -> str | None:
+        """Keep ``limit`` batches in flight; record each as soon as it returns."""
         stopped: str | None = None
         in_flight: dict[Future[list[Outcome]], str] = {}
-        with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as pool:
-            while True:
-                if stopped is None:
-                    stopped = self._why_stop(run.campaign_id)
-                # The stop is re-checked before every claim: a signal that lands while a batch is
-                # being paced lets no further batch be claimed.
-                while stopped is None and len(in_flight) < self.transport.concurrency:
-                    if self.stop.is_set():
-                        stopped = "interrupted"
-                        break
-                    batch_id = f"{run.run_id}-{next(run.batches)}"
-                    batch = self._claim(run, batch_id)
-                    if batch is None:
-                        break
-                    in_flight[pool.submit(self.transport.send, batch)] = batch_id
-                    # Rows wait in `sending` only while their batch is really out: record what is back.
-                    stopped = self._record([f for f in in_flight if f.done()], in_flight, run) or stopped
-                if not in_flight:
-                    return stopped
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                stopped = self._record(list(done), in_flight, run) or stopped
+        while True:
+            if stopped is None:
+                stopped = self._why_stop(run.campaign_id)
+            # The stop is re-checked before every claim: a signal that lands while a batch is
+            # being paced lets no further batch be claimed.
+            while stopped is None and len(in_flight) < limit:
+                if self.stop.is_set():
+                    stopped = "interrupted"
+                    break
+                batch_id = f"{run.run_id}-{next(run.batches)}"
+                job = self._claim(run, batch_id)
+                if job is None:
+                    break
+                in_flight[submit(job)] = batch_id
+                # Rows wait in `sending` only while their batch is really out: record what is back.
+                stopped = self._record([f for f in in_flight if f.done()], in_flight, run) or stopped
+            if not in_flight:
+                return stopped
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            stopped = self._record(list(done), in_flight, run) or stopped
 
     def _record(
         self, done: list[Future[list[Outcome]]], in_flight: dict[Future[list[Outcome]], str], run: _Run
@@ -148,7 +159,7 @@ class Dispatcher:
         status = campaigns.get_campaign(self.store, campaign_id).status
         return None if status == "running" else status
 
-    def _claim(self, run: _Run, batch_id: str) -> Batch | None:
+    def _claim(self, run: _Run, batch_id: str) -> Job | None:
         """The next batch to send, paced by the rate limit; None when no queued row is due.
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
@@ -181,13 +192,8 @@ class Dispatcher:
                 break
             if not claim.skipped:
                 return None
-        envelopes = [
-            Envelope(row.delivery_id, row.recipient, self.links.personal_fields(row.recipient))
-            for row in claim.rows
-        ]
         later = claim.send_at if claim.send_at is not None and claim.send_at > now else None
-        send_at = int(later.timestamp()) if later is not None else None
-        return Batch(run.campaign_id, run.rendered, run.message, envelopes, send_at)
+        return Job(run.campaign_id, claim.rows, int(later.timestamp()) if later is not None else None)
 
     def _progress(self, run: _Run) -> None:
         if self.on_progress:
@@ -214,7 +220,5 @@ def _rare_collections(threshold: int = 10_000) -> Iterator[None]:
 class _Run:
     campaign_id: int
     run_id: str
-    rendered: RenderedIssue
-    message: MessageTemplate
     counts: Counter[str]
     batches: Iterator[int] = field(default_factory=itertools.count)

@@ -16,12 +16,11 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from pipeline.recipient import Recipient
 from pipeline.store import Store, utcnow
 from pipeline.tables import deliveries, dispatch_runs, subscribers, suppressions
 from pipeline.transports.base import Outcome
@@ -30,14 +29,14 @@ STALE_AFTER = dt.timedelta(minutes=5)
 """A run that has not beaten its heart for this long is taken for dead (on another machine)."""
 
 
-class Claimed(NamedTuple):
-    delivery_id: int
-    recipient: Recipient
+ClaimedRow = tuple[int, int, str, str | None, str | None]
+"""(delivery id, subscriber id, email, name, time zone) of a claimed row: a plain tuple, as the database
+hands it over and as it crosses to a worker process (pickling a plain tuple is ten times cheaper)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    rows: list[Claimed]
+    rows: list[ClaimedRow]
     skipped: int
     send_at: dt.datetime | None = None
     """When claimed ``ahead``: the delivery time every row of the claim shares (None: now)."""
@@ -153,11 +152,8 @@ def claim(
             .returning(d.id, d.subscriber_id, d.email, d.name, d.timezone)
         ).all()
         conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(heartbeat_at=now))
-    # RETURNING promises no order; batches go out in id order. Rows unpack as tuples: the cheap way.
-    claimed = [
-        Claimed(delivery_id, Recipient(subscriber_id, email, name, timezone))
-        for delivery_id, subscriber_id, email, name, timezone in sorted(rows, key=itemgetter(0))
-    ]
+    # RETURNING promises no order; batches go out in id order.
+    claimed: list[ClaimedRow] = [tuple(row) for row in sorted(rows, key=itemgetter(0))]
     return Claim(claimed, len(skipped), send_at)
 
 

@@ -94,6 +94,14 @@ class DeliverySettings(Section):
     transport: Literal["outbox", "smtp", "sendgrid"] = Field("outbox", description="How messages leave.")
     rate_per_second: float = Field(50.0, gt=0, description="Messages per second across all transports.")
     batch_size: int = Field(500, ge=1, le=1000, description="Recipients claimed from the ledger at once.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes that sign links and build and send batches, one batch in flight each. "
+        "1 keeps it all in this process (the transport's concurrency says how many are in flight); "
+        "more put the per-recipient work on more CPU cores, for lists of hundreds of thousands.",
+    )
     outbox_dir: Path = Field(Path("outbox"), description="Where the outbox transport writes .eml files.")
 
 

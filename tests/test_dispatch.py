@@ -138,7 +138,7 @@ def test_rows_a_dead_process_left_sending_are_in_doubt_never_resent_silently(
 
     report = dispatcher(store, fast, outbox(fast)).run(campaign.id)
 
-    doubtful = {row.recipient.email for row in claim.rows}
+    doubtful = {email for _, _, email, _, _ in claim.rows}
     assert report.found_in_doubt == 7
     assert report.counts == {"sent": 53}
     assert not doubtful & set(delivered(fast, campaign))
@@ -283,3 +283,53 @@ def test_the_pace_is_paid_only_for_rows_that_are_waiting(
     )
     assert report.counts == {"sent": 60}
     assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
+
+
+def test_worker_processes_reach_everyone_once_through_sendgrid_faults_included(
+    store: Store, fast: Settings, audience: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``delivery.processes`` > 1: links signed and requests sent by worker processes, which open their
+    own transport from the settings and the environment (SENDGRID_API_KEY)."""
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.dispatch")
+    with SendGridEmulator(api_key="SG.dispatch") as emulator:
+        emulator.inject_every(3, Fault(status=429, headers={"Retry-After": "0"}))
+        emulator.inject(Fault(status=503))
+        sendgrid = fast.sendgrid.model_copy(update={"host": emulator.url, "max_retries": 8})
+        delivery = fast.delivery.model_copy(update={"processes": 2})
+        settings = fast.model_copy(update={"sendgrid": sendgrid, "delivery": delivery})
+        campaign = new_campaign(store, settings)
+        report = dispatcher(store, settings, SendGridTransport(settings, "SG.dispatch")).run(campaign.id)
+
+        assert report.counts == {"sent": 60} and report.campaign.status == "finished"
+        assert Counter(emulator.recipients()) == Counter(audience)
+        sent = [p for message in emulator.messages for p in message.personalizations]
+    with store.read() as conn:
+        rows = conn.execute(
+            select(deliveries.c.email, deliveries.c.subscriber_id).where(
+                deliveries.c.campaign_id == campaign.id
+            )
+        )
+        subscriber_ids = {email: subscriber_id for email, subscriber_id in rows}
+    links = Links(settings, store.signer)  # the workers signed with the same key
+    for personalization in sent:
+        subscriber_id = subscriber_ids[personalization["to"][0]["email"]]
+        assert personalization["substitutions"]["%unsubscribe_url%"] == links.unsubscribe(subscriber_id)
+
+
+def test_worker_processes_stop_claiming_on_stop_and_leave_nothing_sending(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    delivery = fast.delivery.model_copy(update={"processes": 2})
+    settings = fast.model_copy(update={"delivery": delivery})
+    campaign = new_campaign(store, settings)
+    stop = threading.Event()
+    report = dispatcher(store, settings, outbox(settings), stop=stop, on_progress=lambda _: stop.set()).run(
+        campaign.id
+    )
+
+    assert report.stopped == "interrupted"
+    counts = campaigns.report(store, campaign.id).counts
+    assert counts["sending"] == 0 and counts["in_doubt"] == 0
+    assert 0 < counts["sent"] < 60
+    assert dispatcher(store, settings, outbox(settings)).run(campaign.id).campaign.status == "finished"
+    assert delivered(settings, campaign) == Counter(audience)

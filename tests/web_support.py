@@ -110,9 +110,9 @@ def mark_sent(store: Store, campaign_id: int, count: int) -> list[tuple[int, int
     """Record ``count`` queued rows as sent, as a dispatch run would; (delivery id, subscriber id) of each."""
     run = ledger.start_run(store, campaign_id)
     claim = ledger.claim(store, campaign_id, run, count)
-    ledger.record(store, [Outcome(row.delivery_id, "sent", f"<m{row.delivery_id}@x>") for row in claim.rows])
+    ledger.record(store, [Outcome(row[0], "sent", f"<m{row[0]}@x>") for row in claim.rows])
     ledger.end_run(store, run)
-    return [(row.delivery_id, row.recipient.subscriber_id) for row in claim.rows]
+    return [(delivery_id, subscriber_id) for delivery_id, subscriber_id, *_ in claim.rows]
 
 
 def send_everything(store: Store, settings: Settings, campaign_id: int) -> None:
