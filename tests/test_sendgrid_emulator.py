@@ -215,6 +215,37 @@ def test_missing_authorization_header_is_401(emu: SendGridEmulator) -> None:
     assert emu.messages == []
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_by_its_content_type_is_415(
+    emu: SendGridEmulator, content_type: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {emu.api_key}"} | ({"Content-Type": content_type} if content_type else {})
+    response = httpx.post(f"{emu.url}/v3/mail/send", content=json.dumps(valid_body()), headers=headers)
+
+    assert response.status_code == 415
+    assert response.json()["errors"][0]["message"] == "Content-Type should be application/json."
+    assert emu.messages == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accepted"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON; charset=UTF-8", True),
+        ("application/json; charset=iso-8859-1", False),
+    ],
+)
+def test_json_is_taken_with_or_without_a_utf8_charset(
+    emu: SendGridEmulator, content_type: str, accepted: bool
+) -> None:
+    headers = {"Authorization": f"Bearer {emu.api_key}", "Content-Type": content_type}
+    response = httpx.post(f"{emu.url}/v3/mail/send", content=json.dumps(valid_body()), headers=headers)
+
+    assert response.status_code == (202 if accepted else 415)
+    assert len(emu.messages) == (1 if accepted else 0)
+
+
 def test_sandbox_mode_validates_answers_200_and_delivers_nothing(emu: SendGridEmulator) -> None:
     response = send(emu, valid_body(mail_settings={"sandbox_mode": {"enable": True}}))
 

@@ -28,8 +28,10 @@ from itertools import chain
 from typing import Any, Literal
 
 from tests.emulators.sendgrid_rules import (
+    CONTENT_TYPE_MESSAGE,
     api_error,
     errors_body,
+    is_json_media_type,
     is_sandbox,
     validate_mail,
 )
@@ -356,6 +358,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(413, errors_body(api_error(None, "Request body is too large (max 30MB)")))
         elif self.headers.get("Authorization") != f"Bearer {emu.api_key}":
             self._respond(401, errors_body(api_error(None, AUTH_MESSAGE)))
+        elif not is_json_media_type(self.headers.get("Content-Type")):
+            self._respond(415, errors_body(api_error(None, CONTENT_TYPE_MESSAGE)))
         else:
             self._mail_send(raw)
 

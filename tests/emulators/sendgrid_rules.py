@@ -311,6 +311,21 @@ def validate_mail(body: object, now: float | None = None) -> list[ApiError]:
     return _MailValidator(time.time() if now is None else now).run(body)
 
 
+CONTENT_TYPE_MESSAGE = "Content-Type should be application/json."
+"""SendGrid's 415 message for a body that is not JSON."""
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json``, optionally with ``charset=utf-8`` (which Mail Send has always taken: the C#
+    SDK sent it for years). A media type is case-insensitive; any other type or charset gets a 415."""
+    if not content_type:
+        return False
+    media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
+    return media_type == "application/json" and all(
+        parameter.replace(" ", "") in ("charset=utf-8", 'charset="utf-8"') for parameter in parameters
+    )
+
+
 def is_sandbox(body: dict[str, Any]) -> bool:
     """``mail_settings.sandbox_mode.enable == true``: validate, answer 200, deliver nothing."""
     settings = body.get("mail_settings")
