@@ -219,7 +219,9 @@ def test_missing_authorization_header_is_401(emu: SendGridEmulator) -> None:
 def test_a_body_that_is_not_json_by_its_content_type_is_415(
     emu: SendGridEmulator, content_type: str | None
 ) -> None:
-    headers = {"Authorization": f"Bearer {emu.api_key}"} | ({"Content-Type": content_type} if content_type else {})
+    headers = {"Authorization": f"Bearer {emu.api_key}"} | (
+        {"Content-Type": content_type} if content_type else {}
+    )
     response = httpx.post(f"{emu.url}/v3/mail/send", content=json.dumps(valid_body()), headers=headers)
 
     assert response.status_code == 415
