@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
 from typing import Any, Literal
 
+import orjson
+
 from tests.emulators.sendgrid_rules import (
     CONTENT_TYPE_MESSAGE,
     api_error,
@@ -365,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _mail_send(self, raw: bytes) -> None:
         try:
-            body = json.loads(raw)
+            body = orjson.loads(raw)  # strict RFC 8259, as a real API is (no NaN), and quick on 1 MB bodies
         except ValueError:
             self._respond(400, errors_body(api_error(None, "Bad Request: the body is not valid JSON")))
             return
