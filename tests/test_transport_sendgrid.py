@@ -188,3 +188,22 @@ def test_the_api_key_never_reaches_the_logs(
         assert Counter(o.status for o in transport.send(make_batch(settings, emails(1)))) == {"sent": 1}
     assert caplog.records, "the retry should have been logged"
     assert API_KEY not in caplog.text
+
+
+def test_recipient_addresses_stay_out_of_the_logs_even_with_the_library_at_debug(
+    settings: Settings, emulator: SendGridEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library formats each request body into a DEBUG line; ours prints as a one-line summary."""
+    library = logging.getLogger("python_http_client")
+    before = library.level
+    library.setLevel(logging.DEBUG)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            transport, _ = transport_for(settings, emulator)
+            assert {o.status for o in transport.send(make_batch(settings, emails(3)))} == {"sent"}
+    finally:
+        library.setLevel(before)
+    payload_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PAYLOAD")]
+    assert payload_lines and "not logged" in payload_lines[0]
+    assert not any(address in caplog.text for address in emails(3))
+    assert emulator.recipients() == emails(3)

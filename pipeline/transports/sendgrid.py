@@ -48,6 +48,31 @@ thousand personalizations); the library sends a string body as is when the Conte
 ``application/json``. Mail Send takes the charset parameter (SendGrid's C# SDK sent it for years)."""
 
 
+class _Payload(bytes):
+    """Request bytes whose text form is a summary: formatting one into a log line shows no recipient."""
+
+    def __str__(self) -> str:
+        return f"<SendGrid request body, {len(self):,} bytes: not logged>"
+
+    __repr__ = __str__
+
+
+class _Body:
+    """A serialised request in the place of the string the library expects.
+
+    python_http_client calls ``request_body.encode("utf-8")`` and then formats the result into a DEBUG
+    line, whether or not DEBUG is logged: every address and signed link of a thousand recipients turned
+    into text per request. Handing it a ``_Payload`` keeps personal data out of any log and that time
+    out of the send.
+    """
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.payload = _Payload(orjson.dumps(body))
+
+    def encode(self, encoding: str) -> bytes:
+        return self.payload  # orjson writes UTF-8
+
+
 URL_FIELDS = frozenset({"unsubscribe_url", "preferences_url"})
 PLAIN_FIELDS = frozenset(PERSONAL_FIELDS) - URL_FIELDS
 _HTML_SPECIAL = re.compile(r"[&<>\"']")
@@ -230,7 +255,7 @@ class SendGridTransport:
 
     def _post(self, batch: Batch, envelopes: list[Envelope]) -> str | tuple[set[int], list[Outcome]]:
         """Send one request with retries: its message id, or (ids rejected individually, outcomes)."""
-        body = orjson.dumps(self.request_body(batch, envelopes)).decode()
+        body = _Body(self.request_body(batch, envelopes))
         failures = 0
         while True:
             try:
