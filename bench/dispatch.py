@@ -597,8 +597,7 @@ def main() -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        default=min(os.cpu_count() or 1, 2),
-        help="delivery.processes for the SendGrid send  [default: 2 on a multi-core machine]",
+        help="delivery.processes for the SendGrid send  [default: settings.toml's]",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the SendGrid send (py-spy or cProfile)"
@@ -621,6 +620,7 @@ def main() -> None:
             out = Path(tempfile.gettempdir()) / "bench-dispatch-profile.txt"
             command = [spy, "record", "--format", "raw", "--rate", "250", "--threads", "-o", str(out)]
             argv = [sys.executable, __file__, "--recipients", str(args.recipients), "--smtp-recipients", "0"]
+            argv += ["--processes", str(args.processes)] if args.processes else []
             print(f"profiling with py-spy into {out} (collapsed stacks)")
             env = os.environ | {"BENCH_UNDER_PYSPY": "1"}
             status = subprocess.call([*command, "--", *argv], env=env)
@@ -633,7 +633,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         bench_settings(Path(tmp) / "unused.db")  # a broken settings.toml fails now, not after generating
         if args.recipients:
-            ok &= bench_sendgrid(args.recipients, Path(tmp), profile, args.processes)
+            processes = args.processes or load_settings(ROOT / "settings.toml").delivery.processes
+            ok &= bench_sendgrid(args.recipients, Path(tmp), profile, processes)
         if args.smtp_recipients:
             ok &= bench_smtp(args.smtp_recipients, Path(tmp), args.smtp_connections, args.smtp_sink)
     if not ok:
