@@ -18,7 +18,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,26 @@ class Process:
 
     def signal(self, signum: signal.Signals) -> None:
         self.popen.send_signal(signum)
+
+    def signal_all(self, signum: signal.Signals) -> int:
+        """Signal this process and every process under it, as systemd stops a service (its whole
+        control group); returns how many processes got it."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text(encoding="ascii").rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children.get(pid, [])
+        for pid in tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return len(tree)
 
     def kill(self) -> None:
         """SIGKILL, and reap it, so its pid is gone (as the next run's liveness check expects)."""

@@ -36,14 +36,12 @@ def emulator() -> Iterator[SendGridEmulator]:
 
 
 def sendgrid_project(
-    project: Path, emulator: SendGridEmulator, *, rate: float, **more: object
+    project: Path, emulator: SendGridEmulator, *, rate: float, processes: int = 1, **more: object
 ) -> SendProject:
     sendgrid = {"host": emulator.url, "concurrency": CONCURRENCY, "timeout": 20.0, "max_retries": 6}
     sendgrid |= more
-    return SendProject(
-        project,
-        {"delivery": {"batch_size": BATCH_SIZE, "rate_per_second": rate}, "sendgrid": sendgrid},
-    )
+    delivery = {"batch_size": BATCH_SIZE, "rate_per_second": rate, "processes": processes}
+    return SendProject(project, {"delivery": delivery, "sendgrid": sendgrid})
 
 
 def smtp_project(project: Path, server: SmtpServer, *, rate: float) -> SendProject:
@@ -151,6 +149,20 @@ def test_sendgrid_send_killed_six_times_sends_everyone_at_most_once(
     check_ledger_against(proj, Counter(emulator.recipients()), emails, log, batch_size=BATCH_SIZE)
 
 
+def test_a_send_with_worker_processes_killed_six_times_sends_everyone_at_most_once(
+    project: Path, emulator: SendGridEmulator
+) -> None:
+    """SIGKILL reaches only the main process: a worker may still finish the batch it holds, whose rows
+    stay ``sending`` and so are reported in doubt; the next run neither waits for it nor resends them."""
+    proj = sendgrid_project(project, emulator, rate=40.0, processes=2)
+    emails = proj.import_subscribers(600)
+    log = kill_and_resume(proj, "sendgrid", random.Random(20261215), KILLS)
+
+    assert log.kills >= 3, "the sends were meant to be interrupted mid-campaign"
+    assert log.left_sending, "at least one kill should have caught a batch in flight"
+    check_ledger_against(proj, Counter(emulator.recipients()), emails, log, batch_size=BATCH_SIZE)
+
+
 def test_smtp_send_killed_six_times_sends_everyone_at_most_once(
     project: Path, smtp_server: SmtpServer
 ) -> None:
@@ -207,17 +219,21 @@ def test_an_unsubscribe_mid_campaign_is_honoured(project: Path, emulator: SendGr
     assert proj.campaign_status() == "finished"
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_finishes_the_batches_in_flight_and_a_second_run_completes(
-    project: Path, emulator: SendGridEmulator
+    project: Path, emulator: SendGridEmulator, processes: int
 ) -> None:
-    proj = sendgrid_project(project, emulator, rate=40.0)
+    """With worker processes, every process gets the SIGTERM, as from systemd: workers finish their
+    batch and the main process records it."""
+    proj = sendgrid_project(project, emulator, rate=40.0, processes=processes)
     emails = proj.import_subscribers(300)
     rng = random.Random(20261215)
     with proj.spawn(*proj.send_args("sendgrid")) as sender:
         assert sender.wait_until(lambda: proj.done() > 0), sender.describe()
         time.sleep(rng.uniform(0.0, 0.5))
-        sender.signal(signal.SIGTERM)
+        signalled = sender.signal_all(signal.SIGTERM)
         sender.wait(30.0)
+    assert processes == 1 or signalled > processes, "the workers (and their forkserver) got it too"
     assert sender.returncode is not None and sender.returncode >= 0, (
         f"killed by the signal instead of stopping: {sender.describe()}"
     )
