@@ -484,7 +484,7 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None, processes: int) -
     return ok
 
 
-def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str) -> bool:
+def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str, processes: int) -> bool:
     db = workdir / "smtp.db"
     generator = child("generate", "--db", str(db), "--count", str(m))
     if generator.wait() != 0:
@@ -498,7 +498,7 @@ def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str) -
     try:
         settings = bench_settings(
             db,
-            delivery={"batch_size": 1000, "rate_per_second": 1e9},
+            delivery={"batch_size": 1000, "rate_per_second": 1e9, "processes": processes},
             smtp={"host": "127.0.0.1", "port": port, "security": "none"}
             | ({"connections": connections} if connections else {}),
         )
@@ -506,8 +506,9 @@ def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str) -
         timings, run, final = send_campaign(settings, transport, Sampler(), None)
     finally:
         received = json.loads(stop(sink).strip().splitlines()[-1])
+    in_flight = f"{processes} worker processes" if processes > 1 else f"{transport.concurrency} connections"
     print_run(
-        f"SMTP ({sink_kind} sink in its own process; {transport.concurrency} connections)",
+        f"SMTP ({sink_kind} sink in its own process; {in_flight})",
         m,
         timings,
         run,
@@ -597,7 +598,7 @@ def main() -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        help="delivery.processes for the SendGrid send  [default: settings.toml's]",
+        help="delivery.processes for both sends  [default: settings.toml's]",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the SendGrid send (py-spy or cProfile)"
@@ -630,13 +631,15 @@ def main() -> None:
         profile = "cprofile"
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     ok = True
+    processes = args.processes or load_settings(ROOT / "settings.toml").delivery.processes
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         bench_settings(Path(tmp) / "unused.db")  # a broken settings.toml fails now, not after generating
         if args.recipients:
-            processes = args.processes or load_settings(ROOT / "settings.toml").delivery.processes
             ok &= bench_sendgrid(args.recipients, Path(tmp), profile, processes)
         if args.smtp_recipients:
-            ok &= bench_smtp(args.smtp_recipients, Path(tmp), args.smtp_connections, args.smtp_sink)
+            ok &= bench_smtp(
+                args.smtp_recipients, Path(tmp), args.smtp_connections, args.smtp_sink, processes
+            )
     if not ok:
         raise SystemExit(1)
 
