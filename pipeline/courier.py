@@ -29,8 +29,9 @@ from pipeline.settings import Settings
 from pipeline.transports import open_transport
 from pipeline.transports.base import Batch, Envelope, Outcome, Transport
 
-WORKER_GC_THRESHOLD = 10_000
-"""A worker allocates short-lived request bodies that reference counting frees; see ``dispatch``."""
+GC_THRESHOLD = 10_000
+"""Allocations between two runs of the cyclic garbage collector while sending (the default is 700): a
+send allocates short-lived rows and request bodies that reference counting frees; see ``dispatch``."""
 
 
 class Job(NamedTuple):
@@ -86,7 +87,7 @@ def _start_worker(settings: Settings, transport_name: str, links: Links, rendere
     global _courier
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     _courier = Courier(settings, open_transport(settings, transport_name), links, rendered)
 
 

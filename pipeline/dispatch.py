@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import campaigns, ledger
-from pipeline.courier import Courier, Job, deliver_in_worker, worker_pool
+from pipeline.courier import GC_THRESHOLD, Courier, Job, deliver_in_worker, worker_pool
 from pipeline.errors import DispatchError
 from pipeline.links import Links
 from pipeline.ratelimit import RateLimiter
@@ -201,7 +201,7 @@ class Dispatcher:
 
 
 @contextmanager
-def _rare_collections(threshold: int = 10_000) -> Iterator[None]:
+def _rare_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
     """Run the cyclic garbage collector every ``threshold`` allocations instead of every 700.
 
     A send builds a dozen short-lived containers per recipient (rows, request bodies) that reference
