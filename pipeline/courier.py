@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
@@ -25,7 +26,7 @@ from pipeline.links import Links
 from pipeline.message import MessageTemplate
 from pipeline.recipient import Recipient
 from pipeline.render import RenderedIssue
-from pipeline.settings import Settings
+from pipeline.settings import SECRET_ENV_NAMES, Settings, secret
 from pipeline.transports import open_transport
 from pipeline.transports.base import Batch, Envelope, Outcome, Transport
 
@@ -71,23 +72,37 @@ _courier: Courier | None = None
 def worker_pool(
     processes: int, settings: Settings, transport_name: str, links: Links, rendered: RenderedIssue
 ) -> ProcessPoolExecutor:
-    """``processes`` workers, each with its own transport (opened from settings and environment)."""
+    """``processes`` workers, each with its own transport, opened from the settings and the secrets in
+    this process's environment *now*: the forkserver outlives a pool and keeps the environment it was
+    started with, so the secrets go along explicitly (through a pipe, never a file or a log)."""
     # Not fork: the dispatcher has threads, and a fork copies whatever locks they hold at that moment.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
+    secrets = {name: secret(name) for name in SECRET_ENV_NAMES}
     return ProcessPoolExecutor(
         processes,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(settings, transport_name, links, rendered),
+        initargs=(settings, transport_name, links, rendered, secrets),
     )
 
 
-def _start_worker(settings: Settings, transport_name: str, links: Links, rendered: RenderedIssue) -> None:
+def _start_worker(
+    settings: Settings,
+    transport_name: str,
+    links: Links,
+    rendered: RenderedIssue,
+    secrets: dict[str, str | None],
+) -> None:
     global _courier
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    for name, value in secrets.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     _courier = Courier(settings, open_transport(settings, transport_name), links, rendered)
 
 
