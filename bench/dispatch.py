@@ -11,6 +11,9 @@ count must equal N and every ledger row must be ``sent``.
 SMTP: M subscribers through the SMTP transport to an aiosmtpd sink in another process
 (``--smtp-sink raw``: a bare receiver that is not itself the bottleneck; ``--smtp-connections K``).
 
+``--processes P`` sets ``delivery.processes`` for both sends (default: settings.toml's, 1). With P > 1
+the worker processes' CPU and PSS (shared pages split among them) are printed beside this process's.
+
 ``--profile`` runs the SendGrid part under py-spy (every thread; `pip install py-spy`) and prints where
 the send's time goes per thread; without py-spy it falls back to cProfile (main thread only).
 Not part of `make test`; the figures and targets are printed, and the exit status is 1 only if a
