@@ -15,7 +15,8 @@ SMTP: M subscribers through the SMTP transport to an aiosmtpd sink in another pr
 the worker processes' CPU and PSS (shared pages split among them) are printed beside this process's.
 
 ``--profile`` runs the SendGrid part under py-spy (every thread; `pip install py-spy`) and prints where
-the send's time goes per thread; without py-spy it falls back to cProfile (main thread only).
+the send's time goes per thread; without py-spy it falls back to cProfile (main thread only). It covers
+this process only: use it with ``--processes 1``.
 Not part of `make test`; the figures and targets are printed, and the exit status is 1 only if a
 count is wrong (a missed speed target is reported, not failed).
 """
@@ -528,8 +529,7 @@ def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str, p
 
 
 MAIN_STEPS = (
-    ("ledger.claim (SQL + rows → Recipients)", "claim (pipeline/ledger.py"),
-    ("signed links (Links.personal_fields)", "Links.personal_fields"),
+    ("ledger.claim (SQL, rows as tuples)", "claim (pipeline/ledger.py"),
     ("ledger.record", "record (pipeline/ledger.py"),
     ("rate limiter", "RateLimiter.acquire"),
     ("waiting for a transport call", "wait (concurrent/futures"),
@@ -537,8 +537,9 @@ MAIN_STEPS = (
     ("progress callback", "_progress"),
 )
 SEND_STEPS = (
+    ("signed links (Links.personal_fields)", "Links.personal_fields"),
     ("request body (dicts, escaping)", "request_body"),
-    ("json.dumps of the body", "dumps (json/__init__.py"),
+    ("serialising the body (orjson)", "_Body.__init__"),
     ("waiting for the response", "readinto"),
     ("connect", "create_connection"),
     ("sending the body", "_send_output"),
@@ -573,7 +574,10 @@ def summarise_profile(path: Path, rate: int) -> None:
         leaves[frames[-1].split(" (")[0] + " (" + frames[-1].rpartition("(")[2].split(":")[0] + ")"] += (
             samples
         )
-    for title, steps in (("main thread (claims, links, records)", main_steps), ("send threads", send_steps)):
+    for title, steps in (
+        ("main thread (claims, records)", main_steps),
+        ("send threads (links, requests)", send_steps),
+    ):
         total = sum(steps.values()) or 1
         print(f"\n{title}: {total / rate:.1f} s sampled")
         for label, samples in steps.most_common():
