@@ -130,6 +130,8 @@ class Dispatcher:
                 batch_id = f"{run.run_id}-{next(run.batches)}"
                 job = self._claim(run, batch_id)
                 if job is None:
+                    if self.stop.is_set():  # the signal landed while this claim waited for the pace
+                        stopped = "interrupted"
                     break
                 in_flight[submit(job)] = batch_id
                 # Rows wait in `sending` only while their batch is really out: record what is back.

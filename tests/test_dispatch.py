@@ -290,6 +290,28 @@ def test_the_pace_is_paid_only_for_rows_that_are_waiting(
     assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
 
 
+def test_a_stop_that_lands_while_a_claim_waits_for_the_pace_is_reported_as_interrupted(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    """SIGTERM during the pause before a claim: nothing more is claimed, and the run says why it ended."""
+    stop = threading.Event()
+    elapsed = [0.0]
+
+    def signal_while_pacing(seconds: float) -> None:
+        elapsed[0] += seconds
+        stop.set()
+
+    limiter = RateLimiter(10.0, burst=7, clock=lambda: elapsed[0], sleep=signal_while_pacing)
+    campaign = new_campaign(store, fast)
+    report = Dispatcher(store, fast, outbox(fast), Links(fast, store.signer), limiter=limiter, stop=stop).run(
+        campaign.id
+    )
+
+    assert report.stopped == "interrupted"
+    assert report.counts == {"sent": 7}, "the burst went; the paced claim did not"
+    assert campaigns.report(store, campaign.id).counts == {"sent": 7, "queued": 53}
+
+
 def test_worker_processes_reach_everyone_once_through_sendgrid_faults_included(
     store: Store, fast: Settings, audience: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
