@@ -236,7 +236,8 @@ def test_tokens_signed_with_the_stored_key_verify_after_a_restart(settings: Sett
     assert Signer(load_secret_key(settings)).verify("unsubscribe", token) == 99
 
 
-def test_shared_store_without_key_in_environment_refuses(project: Path) -> None:
+def shared_store_settings(project: Path) -> Path:
+    """The project's settings file, pointed at a PostgreSQL store (shared by several machines)."""
     path = project / "settings.toml"
     text = path.read_text(encoding="utf-8")
     path.write_text(
@@ -245,7 +246,11 @@ def test_shared_store_without_key_in_environment_refuses(project: Path) -> None:
         ),
         encoding="utf-8",
     )
-    settings = load_settings(path)
+    return path
+
+
+def test_shared_store_without_key_in_environment_refuses(project: Path) -> None:
+    settings = load_settings(shared_store_settings(project))
 
     with pytest.raises(SettingsError, match="NEWSLETTER_SECRET_KEY"):
         load_secret_key(settings)
@@ -253,14 +258,7 @@ def test_shared_store_without_key_in_environment_refuses(project: Path) -> None:
 
 
 def test_shared_store_uses_key_from_environment(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = project / "settings.toml"
-    text = path.read_text(encoding="utf-8")
-    path.write_text(
-        text.replace(
-            'url = "sqlite:///var/newsletter.db"', 'url = "postgresql+psycopg://news@db.example.org/news"'
-        ),
-        encoding="utf-8",
-    )
+    path = shared_store_settings(project)
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "s" * 40)
 
     assert load_secret_key(load_settings(path)) == b"s" * 40
