@@ -27,9 +27,9 @@ from sqlalchemy import text
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.audience import audience, count  # noqa: E402
-from pipeline.importer import import_csv  # noqa: E402
-from pipeline.store import Store, connect  # noqa: E402
+from pipeline.audience.importer import import_csv  # noqa: E402
+from pipeline.audience.selection import audience, count  # noqa: E402
+from pipeline.store.engine import Store, connect  # noqa: E402
 
 KEY = b"bench-key-0123456789abcdef0123456789abcdef"
 TAGS = {

@@ -48,13 +48,14 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from pipeline import campaigns, sending
-from pipeline.dispatch import Dispatcher, RunReport
-from pipeline.links import Links
-from pipeline.ratelimit import RateLimiter
+from pipeline.dispatch import campaigns
+from pipeline.dispatch.dispatcher import Dispatcher, RunReport
+from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
 from pipeline.settings import Settings, load_settings
-from pipeline.store import Store, connect
-from pipeline.tables import subscribers
+from pipeline.store.engine import Store, connect
+from pipeline.store.tables import subscribers
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 
@@ -376,9 +377,9 @@ def send_campaign(
     with open_bench_store(settings) as store:
         links = Links(settings, store.signer)
         t0 = time.perf_counter()
-        plan = sending.plan(store, settings, ISSUE, links)
+        plan = plan_send(store, settings, ISSUE, links)
         t1 = time.perf_counter()
-        campaign, created = sending.start_campaign(store, plan, transport.name)
+        campaign, created = start_campaign(store, plan, transport.name)
         t2 = time.perf_counter()
         assert created, "a fresh store has no campaign yet"
         dispatcher = Dispatcher(
@@ -529,8 +530,8 @@ def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str, p
 
 
 MAIN_STEPS = (
-    ("ledger.claim (SQL, rows as tuples)", "claim (pipeline/ledger.py"),
-    ("ledger.record", "record (pipeline/ledger.py"),
+    ("ledger.claim (SQL, rows as tuples)", "claim (pipeline/dispatch/ledger.py"),
+    ("ledger.record", "record (pipeline/dispatch/ledger.py"),
     ("rate limiter", "RateLimiter.acquire"),
     ("waiting for a transport call", "wait (concurrent/futures"),
     ("campaign status check", "_why_stop"),

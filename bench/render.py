@@ -12,11 +12,11 @@ import statistics
 import time
 from pathlib import Path
 
-from pipeline.content import issue_paths, load_issue
-from pipeline.links import Links
-from pipeline.message import MessageTemplate
+from pipeline.content.issue import issue_paths, load_issue
 from pipeline.recipient import Recipient
-from pipeline.render import Renderer, personalise
+from pipeline.render.links import Links
+from pipeline.render.message import MessageTemplate
+from pipeline.render.renderer import Renderer, personalise
 from pipeline.settings import load_settings
 from pipeline.tokens import Signer
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.content import issue_paths, load_issue
-from pipeline.links import Links
+from pipeline.content.issue import issue_paths, load_issue
 from pipeline.recipient import Recipient
-from pipeline.render import Renderer, personalise
+from pipeline.render.links import Links
+from pipeline.render.renderer import Renderer, personalise
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, select
 
-from pipeline.audience import audience, count, segment_select
+from pipeline.audience.selection import audience, count, segment_select
+from pipeline.audience.subscribers import add_subscriber, erase, set_status, suppress
 from pipeline.recipient import Recipient
-from pipeline.store import Store
-from pipeline.subscribers import add_subscriber, erase, set_status, suppress
+from pipeline.store.engine import Store
 
 
 @pytest.fixture

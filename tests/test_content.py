@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.content import IssueFile, issue_paths, load_issue, newest_issue, parse_issue
+from pipeline.content.issue import IssueFile, issue_paths, load_issue, newest_issue, parse_issue
 from pipeline.errors import ContentError, Problem, Severity
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from pipeline import campaigns, ledger
-from pipeline.content import load_issue
-from pipeline.dispatch import Dispatcher
-from pipeline.importer import import_csv
-from pipeline.links import Links
-from pipeline.ratelimit import RateLimiter
-from pipeline.render import render
+from pipeline.audience.importer import import_csv
+from pipeline.audience.subscribers import add_subscriber, unsubscribe
+from pipeline.content.issue import load_issue
+from pipeline.dispatch import campaigns, ledger
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
+from pipeline.render.renderer import render
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import add_subscriber, unsubscribe
-from pipeline.tables import deliveries, dispatch_runs
+from pipeline.store.engine import Store
+from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route
 
-from pipeline.content import load_issue
-from pipeline.links import Links
-from pipeline.render import personalise, render
+from pipeline.content.issue import load_issue
+from pipeline.render.links import Links
+from pipeline.render.renderer import personalise, render
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 from tests import golden

@@ -1,4 +1,4 @@
-"""``pipeline.events``: SendGrid events read, tied to people and campaigns, stored once, acted on once."""
+"""``pipeline.feedback.events``: SendGrid events read, tied to people and campaigns, stored once, acted on once."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
-from pipeline.events import parse_event, record_events
+from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.feedback.events import parse_event, record_events
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import find_subscriber, set_status, subscriber_log
-from pipeline.tables import delivery_events
+from pipeline.store.engine import Store
+from pipeline.store.tables import delivery_events
 from tests.emulators.sendgrid_events import event
 from tests.transport_helpers import new_campaign
 from tests.web_support import person

@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from pipeline import campaigns, health
 from pipeline.cli import cli
 from pipeline.cli.context import console
+from pipeline.dispatch import campaigns
+from pipeline.feedback import health
 from pipeline.settings import Settings, WebSettings
-from pipeline.store import Store, open_store
+from pipeline.store.engine import Store, open_store
 from pipeline.web import create_app
 from tests.emulators.sendgrid_events import EventKey, event, post_events
 from tests.transport_helpers import new_campaign

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.audience.exporter import export_subscribers
+from pipeline.audience.importer import BATCH_ROWS, import_csv
+from pipeline.audience.subscribers import erase, get_subscriber, list_subscribers, set_status, subscriber_log
 from pipeline.errors import AudienceError, ImportRejected
-from pipeline.exporter import export_subscribers
-from pipeline.importer import BATCH_ROWS, import_csv
-from pipeline.store import Store, connect
-from pipeline.subscribers import erase, get_subscriber, list_subscribers, set_status, subscriber_log
+from pipeline.store.engine import Store, connect
 from tests.fixtures.store import TEST_KEY, snapshot
 
 HEADER = "email,name,tags,timezone,city\n"

@@ -15,11 +15,11 @@ from typing import TypeVar
 
 import pytest
 
-from pipeline import campaigns
 from pipeline.clock import ManualClock
-from pipeline.lease import Lease, read_lease
+from pipeline.dispatch import campaigns
+from pipeline.schedule.lease import Lease, read_lease
 from pipeline.settings import Settings
-from pipeline.store import Store, connect
+from pipeline.store.engine import Store, connect
 from tests.fixtures.store import TEST_KEY
 from tests.test_scheduler import (
     AUDIENCE,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import Problem, Severity
-from pipeline.lint import HTML_MAX, HTML_WARN, check_paths
+from pipeline.render.lint import HTML_MAX, HTML_WARN, check_paths
 from pipeline.settings import Settings
 
 FIRST = "2026-12-01-name-it-to-tame-it.yaml"

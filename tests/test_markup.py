@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pipeline.markup import LINK_STYLE, WIDTH, to_html, to_inline_html, to_text
+from pipeline.render.markup import LINK_STYLE, WIDTH, to_html, to_inline_html, to_text
 
 URL = "https://www.pewresearch.org/"
 

@@ -12,11 +12,11 @@ from typing import cast
 
 import pytest
 
-from pipeline.content import load_issue
-from pipeline.links import Links
-from pipeline.message import MessageTemplate, list_id
+from pipeline.content.issue import load_issue
 from pipeline.recipient import PersonalFields, Recipient
-from pipeline.render import RenderedIssue, personalise, render
+from pipeline.render.links import Links
+from pipeline.render.message import MessageTemplate, list_id
+from pipeline.render.renderer import RenderedIssue, personalise, render
 from pipeline.settings import Settings
 from pipeline.tokens import Signer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ratelimit import RateLimiter
+from pipeline.dispatch.ratelimit import RateLimiter
 
 
 class SimulatedTime:

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.content import load_issue
+from pipeline.content.issue import load_issue
 from pipeline.errors import ContentError
-from pipeline.links import Links
 from pipeline.recipient import PersonalFields, Recipient
-from pipeline.render import PERSONAL_FIELDS, RenderedIssue, Renderer, SplitTemplate, personalise, render
+from pipeline.render.links import Links
+from pipeline.render.renderer import (
+    PERSONAL_FIELDS,
+    RenderedIssue,
+    Renderer,
+    SplitTemplate,
+    personalise,
+    render,
+)
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 from tests import golden

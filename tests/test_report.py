@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from pipeline.audience.subscribers import find_subscriber, unsubscribe
 from pipeline.cli import cli
 from pipeline.cli.context import console
-from pipeline.events import record_events
-from pipeline.reports import Count, SegmentStats, campaign_stats
+from pipeline.feedback.events import record_events
+from pipeline.feedback.reports import Count, SegmentStats, campaign_stats
 from pipeline.settings import Settings
-from pipeline.store import Store, open_store
-from pipeline.subscribers import find_subscriber, unsubscribe
+from pipeline.store.engine import Store, open_store
 from tests.emulators.sendgrid_events import event
 from tests.transport_helpers import new_campaign
 from tests.web_support import readers, send_everything

@@ -16,9 +16,9 @@ from click.testing import CliRunner, Result
 
 from pipeline.cli import cli
 from pipeline.cli.context import console, console_err
-from pipeline.lease import Lease
+from pipeline.schedule.lease import Lease
 from pipeline.settings import load_settings
-from pipeline.store import open_store, utcnow
+from pipeline.store.engine import open_store, utcnow
 from tests.fixtures.project import REPO, cli_invoker
 from tests.sendproc import SendProject, dump_settings
 from tests.test_scheduler import issues_dir, write_issue

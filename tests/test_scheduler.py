@@ -21,17 +21,19 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select, update
 
-from pipeline import campaigns, decisions, sending
+from pipeline.audience.subscribers import add_subscriber
 from pipeline.clock import ManualClock
-from pipeline.dispatch import Dispatcher
-from pipeline.lease import read_lease
-from pipeline.localtime import local_moment
-from pipeline.scheduler import Scheduler
+from pipeline.dispatch import campaigns
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.schedule import decisions
+from pipeline.schedule.lease import read_lease
+from pipeline.schedule.localtime import local_moment
+from pipeline.schedule.scheduler import Scheduler
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import add_subscriber
-from pipeline.tables import campaigns as campaigns_table
-from pipeline.tables import deliveries, dispatch_runs
+from pipeline.store.engine import Store
+from pipeline.store.tables import campaigns as campaigns_table
+from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports import Transport
 from pipeline.transports.base import Batch, Outcome
 from pipeline.transports.outbox import OutboxTransport
@@ -209,8 +211,8 @@ def test_after_downtime_beyond_catch_up_the_issue_is_missed_not_sent_and_can_go_
     clock.advance(dt.timedelta(days=1))
     assert sched.tick().outcomes == []  # decided once; never sent days late by surprise
 
-    plan = sending.plan(store, weekly, issues_dir(weekly, clear=False) / f"{late}.yaml", sched.links)
-    campaign, _ = sending.start_campaign(store, plan, "outbox")
+    plan = plan_send(store, weekly, issues_dir(weekly, clear=False) / f"{late}.yaml", sched.links)
+    campaign, _ = start_campaign(store, plan, "outbox")
     Dispatcher(store, weekly, outbox(weekly)("outbox"), sched.links).run(campaign.id)
     assert sched.tick().outcomes == []
     assert delivered(weekly) == Counter({(late, e): 1 for e in emails})
@@ -225,7 +227,7 @@ def test_an_issue_sent_by_hand_before_its_day_is_linked_not_sent_again(
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)) - dt.timedelta(days=1))
     sched = scheduler(store, weekly, clock)
     path = issues_dir(weekly, clear=False) / f"{slug}.yaml"
-    campaign, _ = sending.start_campaign(store, sending.plan(store, weekly, path, sched.links), "outbox")
+    campaign, _ = start_campaign(store, plan_send(store, weekly, path, sched.links), "outbox")
     Dispatcher(store, weekly, outbox(weekly)("outbox"), sched.links).run(campaign.id)
 
     clock.advance(dt.timedelta(days=3))  # even past the catch-up window: it was sent, not missed

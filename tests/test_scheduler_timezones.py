@@ -19,19 +19,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import event, select, update
 
-from pipeline import campaigns
-from pipeline.agenda import agenda
 from pipeline.clock import ManualClock
-from pipeline.content import load_issue
-from pipeline.dispatch import Dispatcher
-from pipeline.links import Links
-from pipeline.localtime import local_moment
-from pipeline.ratelimit import RateLimiter
-from pipeline.render import render
-from pipeline.scheduler import Scheduler
+from pipeline.content.issue import load_issue
+from pipeline.dispatch import campaigns
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
+from pipeline.render.renderer import render
+from pipeline.schedule.localtime import local_moment
+from pipeline.schedule.scheduler import Scheduler
+from pipeline.schedule.status import agenda
 from pipeline.settings import Settings
-from pipeline.store import Store, utcnow
-from pipeline.tables import deliveries
+from pipeline.store.engine import Store, utcnow
+from pipeline.store.tables import deliveries
 from pipeline.transports.sendgrid import SendGridTransport
 from tests.emulators.sendgrid import SendGridEmulator
 from tests.fixtures.smtp import SmtpServer

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from pipeline.audience import count, explain, member_count
+from pipeline.audience.importer import import_csv
+from pipeline.audience.segments import Segment, load_segments, parse_segments, resolve
+from pipeline.audience.selection import count, explain, member_count
+from pipeline.audience.subscribers import add_subscriber, list_subscribers, set_status
 from pipeline.errors import AudienceError
-from pipeline.importer import import_csv
-from pipeline.segments import Segment, load_segments, parse_segments, resolve
-from pipeline.store import Store
-from pipeline.subscribers import add_subscriber, list_subscribers, set_status
-from pipeline.tables import subscribers
+from pipeline.store.engine import Store
+from pipeline.store.tables import subscribers
 
 PATH = "subscribers/segments.toml"
 

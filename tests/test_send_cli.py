@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from pipeline import campaigns, sending
 from pipeline.cli.context import console, console_err
-from pipeline.links import Links
+from pipeline.dispatch import campaigns
+from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.render.links import Links
 from pipeline.settings import load_settings
-from pipeline.store import open_store
+from pipeline.store.engine import open_store
 from tests.fixtures.project import cli_invoker
 
 ISSUE = "issues/2026-12-08-realistic-expectations.yaml"
@@ -103,8 +104,8 @@ def test_campaign_commands_show_pause_resume_cancel_and_resolve(run: Any, projec
     # a campaign that exists but was paused before sending waits for an explicit resume
     settings = load_settings(project / "settings.toml")
     with open_store(settings) as store:
-        plan = sending.plan(store, settings, project / other, Links(settings, store.signer))
-        campaign, _ = sending.start_campaign(store, plan, "outbox")
+        plan = plan_send(store, settings, project / other, Links(settings, store.signer))
+        campaign, _ = start_campaign(store, plan, "outbox")
         campaigns.change_status(store, campaign.id, "pause")
     assert "resume it with `newsletter campaigns resume 2`" in run("send", other, "--yes").output
     resumed = run("campaigns", "resume", "2").output

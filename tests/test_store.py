@@ -14,11 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import inspect, select, text
 
-from pipeline.errors import AudienceError, StoreError
-from pipeline.fields import _validated, parse_email
-from pipeline.settings import Settings
-from pipeline.store import Store, connect, head_revision, open_store
-from pipeline.subscribers import (
+from pipeline.audience.fields import _validated, parse_email
+from pipeline.audience.subscribers import (
     add_subscriber,
     erase,
     find_subscriber,
@@ -28,7 +25,10 @@ from pipeline.subscribers import (
     suppress,
     unsubscribe,
 )
-from pipeline.tables import metadata, subscribers
+from pipeline.errors import AudienceError, StoreError
+from pipeline.settings import Settings
+from pipeline.store.engine import Store, connect, head_revision, open_store
+from pipeline.store.tables import metadata, subscribers
 from tests.fixtures.store import TEST_KEY, _binary, all_text, snapshot
 
 # --- migrations and connections -------------------------------------------------------------------

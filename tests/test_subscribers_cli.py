@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import cli
 from pipeline.cli.context import console
-from pipeline.store import head_revision
+from pipeline.store.engine import head_revision
 from tests.fixtures.project import cli_invoker
 
 KEY = "k" * 40

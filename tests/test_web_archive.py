@@ -9,11 +9,11 @@ from xml.etree import ElementTree as ET
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline import campaigns
-from pipeline.content import load_issue
-from pipeline.render import render
+from pipeline.content.issue import load_issue
+from pipeline.dispatch import campaigns
+from pipeline.render.renderer import render
 from pipeline.settings import Settings
-from pipeline.store import Store
+from pipeline.store.engine import Store
 from pipeline.web import create_app
 from pipeline.web.security import ARCHIVE_CSP
 from tests.transport_helpers import ISSUE, new_campaign

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
-from pipeline import sending
-from pipeline.dispatch import Dispatcher
-from pipeline.links import Links
-from pipeline.ratelimit import RateLimiter
+from pipeline.audience.subscribers import find_subscriber, subscriber_log
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store, open_store
-from pipeline.subscribers import find_subscriber, subscriber_log
+from pipeline.store.engine import Store, open_store
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.web import create_app, server
 from tests.fixtures.smtp import free_port
@@ -123,8 +123,8 @@ def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live
 
     # Send an issue through the outbox, as `newsletter send` does.
     links = Links(live.settings, live.store.signer)
-    plan = sending.plan(live.store, live.settings, live.settings.path(Path("issues")) / ISSUE, links)
-    campaign, _ = sending.start_campaign(live.store, plan, "outbox")
+    plan = plan_send(live.store, live.settings, live.settings.path(Path("issues")) / ISSUE, links)
+    campaign, _ = start_campaign(live.store, plan, "outbox")
     transport = OutboxTransport(live.outbox, fsync=False)
     report = Dispatcher(live.store, live.settings, transport, links, limiter=RateLimiter(1e6)).run(
         campaign.id

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.links import Links
+from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.store.engine import Store
 from pipeline.web import create_app
 from tests.fixtures.store import snapshot
 from tests.web_support import Clock, csrf_of, heading, path_of, person

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.links import Links
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store, connect
+from pipeline.store.engine import Store, connect
 from pipeline.web import create_app
 from tests.fixtures.store import TEST_KEY
 from tests.web_support import csrf_of, path_of, person

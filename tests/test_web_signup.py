@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log, suppress
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import find_subscriber, set_status, subscriber_log, suppress
+from pipeline.store.engine import Store
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.web import create_app
 from tests.fixtures.store import snapshot

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.links import PREFERENCES, UNSUBSCRIBE, Links
+from pipeline.audience.subscribers import erase, find_subscriber, set_status, subscriber_log
+from pipeline.render.links import PREFERENCES, UNSUBSCRIBE, Links
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import erase, find_subscriber, set_status, subscriber_log
+from pipeline.store.engine import Store
 from pipeline.tokens import Signer
 from pipeline.web import create_app
 from tests.fixtures.store import snapshot

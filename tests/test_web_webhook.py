@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from pipeline.dispatch import Dispatcher
-from pipeline.links import Links
-from pipeline.ratelimit import RateLimiter
+from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import find_subscriber, set_status, subscriber_log
-from pipeline.tables import deliveries, delivery_events
+from pipeline.store.engine import Store
+from pipeline.store.tables import deliveries, delivery_events
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.web import create_app
 from tests.emulators.sendgrid import SendGridEmulator

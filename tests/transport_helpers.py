@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pipeline import campaigns
-from pipeline.content import load_issue
-from pipeline.links import Links
-from pipeline.message import MessageTemplate
+from pipeline.content.issue import load_issue
+from pipeline.dispatch import campaigns
 from pipeline.recipient import Recipient
-from pipeline.render import render
+from pipeline.render.links import Links
+from pipeline.render.message import MessageTemplate
+from pipeline.render.renderer import render
 from pipeline.settings import Settings
-from pipeline.store import Store
+from pipeline.store.engine import Store
 from pipeline.tokens import Signer
 from pipeline.transports.base import Batch, Envelope
 

@@ -10,14 +10,14 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
-from pipeline import ledger
-from pipeline.dispatch import Dispatcher
-from pipeline.importer import import_csv
-from pipeline.links import Links
-from pipeline.ratelimit import RateLimiter
+from pipeline.audience.importer import import_csv
+from pipeline.audience.subscribers import Subscriber, add_subscriber
+from pipeline.dispatch import ledger
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subscribers import Subscriber, add_subscriber
+from pipeline.store.engine import Store
 from pipeline.transports.base import Outcome
 from pipeline.transports.outbox import OutboxTransport
 from tests.emulators.sendgrid_events import EventKey

@@ -9,15 +9,14 @@ import click
 from rich.text import Text
 
 from pipeline.cli.context import CliContext, console, pass_context, shown
-from pipeline.content import issue_paths, load_issue
+from pipeline.content.issue import issue_paths, load_issue
+from pipeline.content.scaffold import new_issue
 from pipeline.errors import Severity
-from pipeline.links import Links
-from pipeline.lint import SAMPLE_RECIPIENT, check_paths
-from pipeline.message import MessageTemplate
 from pipeline.recipient import Recipient
-from pipeline.render import personalise
-from pipeline.render import render as render_issue
-from pipeline.scaffold import new_issue
+from pipeline.render.links import Links
+from pipeline.render.lint import SAMPLE_RECIPIENT, check_paths
+from pipeline.render.renderer import render as render_issue
+from pipeline.render.single import preview
 from pipeline.tokens import Signer, load_secret_key
 
 
@@ -68,13 +67,10 @@ def render(ctx: CliContext, issue: Path, out_dir: Path, email: str, name: str) -
     issue_file = load_issue(issue)
     rendered = render_issue(issue_file, settings)
     recipient = Recipient(SAMPLE_RECIPIENT.subscriber_id, email, name or None)
-    fields = Links(settings, Signer(load_secret_key(settings))).personal_fields(recipient)
-    copy = personalise(rendered, fields)
-    template = MessageTemplate(settings, rendered)
-    message = template.build(recipient, fields, message_id=template.message_id())
+    copy = preview(settings, rendered, recipient, Links(settings, Signer(load_secret_key(settings))))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix, content in ((".html", copy.html), (".txt", copy.text), (".eml", message)):
+    for suffix, content in ((".html", copy.html), (".txt", copy.text), (".eml", copy.eml)):
         path = out_dir / f"{issue_file.slug}{suffix}"
         if isinstance(content, bytes):
             path.write_bytes(content)

@@ -8,13 +8,13 @@ import logging
 import click
 from rich.table import Table
 
-from pipeline.agenda import Agenda, agenda
 from pipeline.cli.context import CliContext, console, pass_context
 from pipeline.cli.sending import stop_on_signals
-from pipeline.localtime import zone
-from pipeline.scheduler import Scheduler
-from pipeline.store import open_store, utcnow
-from pipeline.tickreport import TickReport
+from pipeline.schedule.localtime import zone
+from pipeline.schedule.scheduler import Scheduler
+from pipeline.schedule.status import Agenda, agenda
+from pipeline.schedule.tickreport import TickReport
+from pipeline.store.engine import open_store, utcnow
 
 
 def _when(moment: dt.datetime, tz_name: str) -> str:

@@ -21,12 +21,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipeline import campaigns, sending
 from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
-from pipeline.dispatch import Dispatcher, RunReport
-from pipeline.links import Links
+from pipeline.dispatch import campaigns, single
+from pipeline.dispatch.dispatcher import Dispatcher, RunReport
+from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.render.links import Links
 from pipeline.settings import Settings
-from pipeline.store import Store, open_store
+from pipeline.store.engine import Store, open_store
 from pipeline.transports import open_transport
 from pipeline.transports.outbox import OutboxTransport
 
@@ -160,7 +161,7 @@ def send(
     with open_store(settings) as store:
         links = Links(settings, store.signer)
         if test_to:
-            outcome = sending.send_test(
+            outcome = single.send_test(
                 store, settings, issue, test_to, open_transport(settings, transport), links
             )
             colour = "green" if outcome.status == "sent" else "red"
@@ -170,7 +171,7 @@ def send(
             if outcome.status != "sent":
                 raise SystemExit(1)
             return
-        plan = sending.plan(store, settings, issue, links, segments)
+        plan = plan_send(store, settings, issue, links, segments)
         console.print(f"[bold]{plan.issue_file.issue.subject}[/] ({plan.issue_file.slug})")
         table = Table("segment", "recipients")
         for name, count in plan.counts.items():
@@ -200,7 +201,7 @@ def send(
             f"Send to {plan.total:,} recipients through {chosen}?", default=False
         ):
             raise click.Abort()
-        campaign, _ = sending.start_campaign(store, plan, chosen)
+        campaign, _ = start_campaign(store, plan, chosen)
         run = run_campaign(settings, store, campaign, transport)
         print_report(settings, store, run)
         if run.stopped and run.stopped.startswith("transport unavailable"):

@@ -18,13 +18,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.audience import count, explain, member_count
-from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
-from pipeline.exporter import Format, export_subscribers
-from pipeline.importer import ImportResult, import_csv
-from pipeline.segments import load_segments
-from pipeline.store import Store, head_revision, open_store
-from pipeline.subscribers import (
+from pipeline.audience.exporter import Format, export_subscribers
+from pipeline.audience.importer import ImportResult, import_csv
+from pipeline.audience.segments import load_segments
+from pipeline.audience.selection import count, explain, member_count
+from pipeline.audience.subscribers import (
     Subscriber,
     add_subscriber,
     erase,
@@ -33,7 +31,9 @@ from pipeline.subscribers import (
     subscriber_log,
     unsubscribe,
 )
-from pipeline.tables import STATUSES
+from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
+from pipeline.store.engine import Store, head_revision, open_store
+from pipeline.store.tables import STATUSES
 
 PROGRESS_FROM_BYTES = 1_000_000
 """Files smaller than this import too fast for a progress bar to help."""

@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 
 from pipeline.cli.context import CliContext, console, pass_context
-from pipeline.reports import Count, campaign_stats
-from pipeline.store import open_store
+from pipeline.feedback.reports import Count, campaign_stats
+from pipeline.store.engine import open_store
 
 
 @click.command()

@@ -12,9 +12,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
-from pipeline.message import MessageTemplate
 from pipeline.recipient import PersonalFields, Recipient
-from pipeline.render import RenderedIssue
+from pipeline.render.message import MessageTemplate
+from pipeline.render.renderer import RenderedIssue
 
 OutcomeStatus = Literal["sent", "failed", "in_doubt", "unsent"]
 

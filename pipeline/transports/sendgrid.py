@@ -28,8 +28,8 @@ import orjson
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from pipeline.message import list_unsubscribe, static_list_headers
-from pipeline.render import PERSONAL_FIELDS
+from pipeline.render.message import list_unsubscribe, static_list_headers
+from pipeline.render.renderer import PERSONAL_FIELDS
 from pipeline.settings import SendGridSettings, Settings
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats, all_outcomes
 

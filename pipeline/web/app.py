@@ -27,17 +27,17 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from pipeline.links import Links
-from pipeline.segments import load_segments
+from pipeline.audience.profile import topics
+from pipeline.audience.segments import load_segments
+from pipeline.render.links import Links
+from pipeline.render.renderer import Renderer
 from pipeline.settings import Settings
-from pipeline.store import Store
+from pipeline.store.engine import Store
 from pipeline.transports import open_transport
 from pipeline.transports.base import Transport
 from pipeline.web import archive, preferences, signup, unsubscribe, webhook
 from pipeline.web.context import WebContext, web
-from pipeline.web.optin import ConfirmationMail
 from pipeline.web.pages import Pages
-from pipeline.web.profile import topics
 from pipeline.web.security import FormGuard, SecureHeaders, SlidingWindow, security_headers
 from pipeline.web.signature import SignatureVerifier
 
@@ -102,7 +102,7 @@ def create_app(
         verifier=SignatureVerifier(key, max_age_seconds=settings.web.webhook_max_age_seconds)
         if key
         else None,
-        mail=ConfirmationMail(settings),
+        renderer=Renderer(settings),
         transport=transport or (lambda: open_transport(settings)),
         clock=clock,
     )

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pipeline.links import archive_url
-from pipeline.render import SplitTemplate
-from pipeline.store import Store
-from pipeline.tables import campaigns
+from pipeline.render.links import archive_url
+from pipeline.render.renderer import SplitTemplate
+from pipeline.store.engine import Store
+from pipeline.store.tables import campaigns
 from pipeline.web.context import WebContext, web
 from pipeline.web.security import ARCHIVE_CSP
 

@@ -9,14 +9,14 @@ from typing import cast
 
 from starlette.requests import Request
 
+from pipeline.audience.profile import Topic
 from pipeline.errors import TokenError
-from pipeline.links import Links
+from pipeline.render.links import Links
+from pipeline.render.renderer import Renderer
 from pipeline.settings import Settings
-from pipeline.store import Store
+from pipeline.store.engine import Store
 from pipeline.transports.base import Transport
-from pipeline.web.optin import ConfirmationMail
 from pipeline.web.pages import Pages
-from pipeline.web.profile import Topic
 from pipeline.web.security import FormGuard, SlidingWindow
 from pipeline.web.signature import SignatureVerifier
 
@@ -33,7 +33,8 @@ class WebContext:
     signups: SlidingWindow
     verifier: SignatureVerifier | None
     """None when ``web.webhook_public_key`` is not set: every webhook post is then refused."""
-    mail: ConfirmationMail
+    renderer: Renderer
+    """Renders the confirmation mail (its templates compiled once)."""
     transport: Callable[[], Transport]
     """Opens the transport confirmations go through (``delivery.transport`` unless a test says otherwise)."""
     clock: Callable[[], float]

@@ -1,6 +1,6 @@
 """The service's HTML pages: Jinja2 templates in ``templates/web/``, autoescaped, sharing one stylesheet.
 
-The stylesheet is rendered once from the email palette (``pipeline.render.LIGHT``/``DARK``) so the
+The stylesheet is rendered once from the email palette (``pipeline.render.renderer.LIGHT``/``DARK``) so the
 pages look like the newsletter, light and dark, and is served from ``/site.css``: pages carry no
 inline style or script, which lets their CSP be strict.
 """
@@ -15,7 +15,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from pipeline.render import DARK, LIGHT
+from pipeline.render.renderer import DARK, LIGHT
 from pipeline.settings import Settings
 
 CSS_MAX_AGE = 3600

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from pipeline.audience.profile import clean_name, update_profile
+from pipeline.audience.subscribers import Subscriber, find_subscriber, set_status, unsubscribe
 from pipeline.errors import AudienceError
-from pipeline.links import PREFERENCES
-from pipeline.subscribers import Subscriber, find_subscriber, set_status, unsubscribe
+from pipeline.render.links import PREFERENCES
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
-from pipeline.web.profile import clean_name, update_profile
 from pipeline.web.security import BodyTooLarge, read_form
 
 ACTOR = "preferences-page"

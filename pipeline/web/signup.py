@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.audience import optin
+from pipeline.audience.profile import clean_name
+from pipeline.dispatch.single import send_confirmation
 from pipeline.errors import AudienceError, PipelineError
-from pipeline.links import PREFERENCES
-from pipeline.web import optin
+from pipeline.render.links import PREFERENCES
 from pipeline.web.context import WebContext, web
-from pipeline.web.profile import clean_name
 from pipeline.web.security import FORM_LIMIT, BodyTooLarge, client_address, read_body, replayed
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ def deliver(ctx: WebContext, subscriber_id: int) -> None:
     try:
         transport = ctx.transport()
         try:
-            outcome = optin.send_confirmation(
-                ctx.settings, ctx.store, ctx.mail, transport, subscriber_id, ctx.now()
+            outcome = send_confirmation(
+                ctx.settings, ctx.store, ctx.renderer, transport, subscriber_id, ctx.now()
             )
         finally:
             transport.close()

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.audience.subscribers import Subscriber, find_subscriber, unsubscribe
 from pipeline.errors import AudienceError
-from pipeline.links import PREFERENCES, UNSUBSCRIBE
-from pipeline.subscribers import Subscriber, find_subscriber, unsubscribe
-from pipeline.tables import LEFT_STATUSES
+from pipeline.render.links import PREFERENCES, UNSUBSCRIBE
+from pipeline.store.tables import LEFT_STATUSES
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
 from pipeline.web.security import BodyTooLarge, read_form

@@ -3,8 +3,8 @@
 The order of checks keeps work away from strangers: no key configured → 403; signed timestamp missing,
 stale or from the future → 403 before the body is read; a body over ``webhook_max_body_bytes`` → 413
 as soon as that is known; then the ECDSA signature over exactly the bytes received (403 if it fails,
-and nothing is stored). Only then is the JSON parsed and recorded (``pipeline.events``), and the
-campaigns it touched are checked against the bounce and complaint limits (``pipeline.health``).
+and nothing is stored). Only then is the JSON parsed and recorded (``pipeline.feedback.events``), and the
+campaigns it touched are checked against the bounce and complaint limits (``pipeline.feedback.health``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pipeline import health
-from pipeline.events import record_events
+from pipeline.feedback import health
+from pipeline.feedback.events import record_events
 from pipeline.web.context import WebContext, web
 from pipeline.web.security import BodyTooLarge, read_body
 from pipeline.web.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER

@@ -1,0 +1,1 @@
+"""Who receives an issue: subscribers and their consent, segments, CSV import and export, opt-in."""

@@ -1,0 +1,104 @@
+"""Double opt-in: a signup makes an ``unconfirmed`` subscriber and mails a link that makes them ``active``.
+
+Nothing here tells the caller whether an address was known: the signup form answers the same way for
+a new, a pending, an active and a suppressed address. At most one confirmation goes to a subscriber
+per hour (the ``confirmations`` table; the claim is one transaction, so two racing posts send one).
+Someone who unsubscribed or bounced may come back this way (their own click on the link); a
+complaint is final. An unauthenticated form never changes a known subscriber's name or topics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.audience.fields import parse_email
+from pipeline.audience.subscribers import add_subscriber, find_subscriber, is_suppressed, set_status
+from pipeline.errors import AudienceError, StoreError
+from pipeline.store.engine import Store
+from pipeline.store.tables import confirmations
+
+CONFIRM = "confirm"
+"""Token purpose of confirmation links (they expire after ``web.confirm_hours``)."""
+SIGNUP_ACTOR = "signup-form"
+CONFIRM_ACTOR = "confirm-link"
+RESEND_AFTER = dt.timedelta(hours=1)
+MAY_CONFIRM = ("unconfirmed", "unsubscribed", "bounced")
+"""Whom a confirmation may go to: the pending, and people who left and ask to come back."""
+
+
+def request_signup(
+    store: Store, email: str, *, name: str | None, topics: list[str], now: dt.datetime
+) -> int | None:
+    """Record a signup; returns the subscriber to send a confirmation to now, or None (nothing to send).
+
+    ``AudienceError`` only for an address that is not an address; never for a known one.
+    """
+    try:
+        address = parse_email(email)
+    except ValueError as exc:
+        raise AudienceError(str(exc)) from None
+    with store.read() as conn:
+        if is_suppressed(conn, store.address_hash(address.key)):
+            return None
+    subscriber = find_subscriber(store, address.key)
+    if subscriber is None:
+        try:
+            subscriber = add_subscriber(
+                store, address.email, name=name, tags=topics, status="unconfirmed", actor=SIGNUP_ACTOR
+            )
+        except AudienceError:  # a twin post added it a moment ago
+            subscriber = find_subscriber(store, address.key)
+    if subscriber is None or subscriber.status not in MAY_CONFIRM:
+        return None
+    return subscriber.id if claim_confirmation(store, subscriber.id, now) else None
+
+
+def claim_confirmation(store: Store, subscriber_id: int, now: dt.datetime) -> bool:
+    """Take the right to send this subscriber a confirmation now: False if one went within the hour."""
+    c = confirmations.c
+    try:
+        with store.write() as conn:
+            query = select(c.sent_at).where(c.subscriber_id == subscriber_id).with_for_update()
+            last = conn.execute(query).scalar_one_or_none()
+            if last is None:
+                conn.execute(insert(confirmations).values(subscriber_id=subscriber_id, sent_at=now))
+                return True
+            if now - last < RESEND_AFTER:
+                return False
+            conn.execute(update(confirmations).where(c.subscriber_id == subscriber_id).values(sent_at=now))
+            return True
+    except StoreError as exc:
+        if isinstance(exc.__cause__, IntegrityError):  # a concurrent post claimed it first
+            return False
+        raise
+
+
+def release_confirmation(store: Store, subscriber_id: int) -> None:
+    """Give the claim back after a failed send, so the person can ask again at once."""
+    with store.write() as conn:
+        conn.execute(delete(confirmations).where(confirmations.c.subscriber_id == subscriber_id))
+
+
+def confirm(store: Store, subscriber_id: int) -> str:
+    """The link was followed: ``confirmed``, ``already`` (active), ``refused`` (complained) or ``unknown``."""
+    subscriber = find_subscriber(store, subscriber_id)
+    if subscriber is None:
+        return "unknown"
+    if subscriber.status == "active":
+        return "already"
+    if subscriber.status not in MAY_CONFIRM:
+        return "refused"
+    try:
+        set_status(
+            store,
+            subscriber_id,
+            "active",
+            actor=CONFIRM_ACTOR,
+            resubscribe=subscriber.status != "unconfirmed",
+        )
+    except AudienceError:
+        return "refused"  # it changed meanwhile (a complaint came in)
+    return "confirmed"

@@ -1,0 +1,1 @@
+"""The issue file: its schema, YAML that remembers line and column, and `newsletter new`."""

@@ -1,0 +1,112 @@
+"""From claimed ledger rows to one transport call: sign each recipient's links, build envelopes, send.
+
+The dispatcher claims and records (the store has one writer); a ``Courier`` does the per-recipient work
+in between. It runs on the dispatcher's threads, or, with ``delivery.processes`` above 1, in worker
+processes: signing links and building a request for a thousand recipients is pure Python, and one
+process (one GIL) cannot use a second core for it. A job crosses the process boundary as the claimed
+rows only; the issue, the settings and the signing key reach each worker once, when it starts.
+
+Workers ignore SIGINT and SIGTERM: the dispatcher decides when to stop (it stops claiming, lets the
+batches in flight finish and records them), so a Ctrl-C or a service stop never kills a request midway.
+If the dispatcher itself dies, a worker finishes its batch (the rows stay ``sending``, so they are
+reported in doubt) and exits when it finds its task queue closed.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
+
+from pipeline.dispatch.ledger import ClaimedRow
+from pipeline.recipient import Recipient
+from pipeline.render.links import Links
+from pipeline.render.message import MessageTemplate
+from pipeline.render.renderer import RenderedIssue
+from pipeline.settings import SECRET_ENV_NAMES, Settings, secret
+from pipeline.transports import open_transport
+from pipeline.transports.base import Batch, Envelope, Outcome, Transport
+
+GC_THRESHOLD = 10_000
+"""Allocations between two runs of the cyclic garbage collector while sending (the default is 700): a
+send allocates short-lived rows and request bodies that reference counting frees; see ``dispatch``."""
+
+
+class Job(NamedTuple):
+    """One claim on its way to the transport: all a worker needs besides what it got at start."""
+
+    campaign_id: int
+    rows: list[ClaimedRow]
+    send_at: int | None
+    """Unix time the provider should deliver at (``Batch.send_at``); None: now."""
+
+
+class Courier:
+    def __init__(
+        self, settings: Settings, transport: Transport, links: Links, rendered: RenderedIssue
+    ) -> None:
+        self.transport = transport
+        self.links = links
+        self.rendered = rendered
+        self.message = MessageTemplate(settings, rendered)
+
+    def deliver(self, job: Job) -> list[Outcome]:
+        """Personalise the claimed rows and hand them to the transport as one batch."""
+        personal_fields = self.links.personal_fields
+        envelopes = []
+        for delivery_id, subscriber_id, email, name, timezone in job.rows:
+            recipient = Recipient(subscriber_id, email, name, timezone)
+            envelopes.append(Envelope(delivery_id, recipient, personal_fields(recipient)))
+        return self.transport.send(
+            Batch(job.campaign_id, self.rendered, self.message, envelopes, job.send_at)
+        )
+
+
+_courier: Courier | None = None
+"""The worker process's own courier, built by ``_start_worker``."""
+
+
+def worker_pool(
+    processes: int, settings: Settings, transport_name: str, links: Links, rendered: RenderedIssue
+) -> ProcessPoolExecutor:
+    """``processes`` workers, each with its own transport, opened from the settings and the secrets in
+    this process's environment *now*: the forkserver outlives a pool and keeps the environment it was
+    started with, so the secrets go along explicitly (through a pipe, never a file or a log)."""
+    # Not fork: the dispatcher has threads, and a fork copies whatever locks they hold at that moment.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    secrets = {name: secret(name) for name in SECRET_ENV_NAMES}
+    return ProcessPoolExecutor(
+        processes,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(settings, transport_name, links, rendered, secrets),
+    )
+
+
+def _start_worker(
+    settings: Settings,
+    transport_name: str,
+    links: Links,
+    rendered: RenderedIssue,
+    secrets: dict[str, str | None],
+) -> None:
+    global _courier
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    for name, value in secrets.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _courier = Courier(settings, open_transport(settings, transport_name), links, rendered)
+
+
+def deliver_in_worker(job: Job) -> list[Outcome]:
+    if _courier is None:
+        raise RuntimeError("deliver_in_worker runs only in a worker started by worker_pool")
+    return _courier.deliver(job)

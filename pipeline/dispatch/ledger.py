@@ -1,0 +1,244 @@
+"""The per-recipient ledger: claim a batch, record what the transport said, find rows in doubt.
+
+A batch is claimed in one short transaction: queued rows are taken in id order (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, so several workers never take the same row), anyone who unsubscribed, bounced,
+complained or was suppressed since the campaign started is marked ``skipped`` with the reason, and the
+rest are marked ``sending`` with the run's id *before* the transport is called. Outcomes are written
+after. Rows a dead run left ``sending`` become ``in_doubt``: reported, and resolved by the operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import bindparam, exists, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from pipeline.store.engine import Store, utcnow
+from pipeline.store.tables import deliveries, dispatch_runs, subscribers, suppressions
+from pipeline.transports.base import Outcome
+
+STALE_AFTER = dt.timedelta(minutes=5)
+"""A run that has not beaten its heart for this long is taken for dead (on another machine)."""
+
+
+ClaimedRow = tuple[int, int, str, str | None, str | None]
+"""(delivery id, subscriber id, email, name, time zone) of a claimed row: a plain tuple, as the database
+hands it over and as it crosses to a worker process (pickling a plain tuple is ten times cheaper)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    rows: list[ClaimedRow]
+    skipped: int
+    send_at: dt.datetime | None = None
+    """When claimed ``ahead``: the delivery time every row of the claim shares (None: now)."""
+
+
+def start_run(store: Store, campaign_id: int) -> str:
+    """Register this process as a sender of the campaign; the id marks the rows it claims."""
+    run_id = secrets.token_hex(8)
+    now = utcnow()
+    with store.write() as conn:
+        conn.execute(
+            dispatch_runs.insert().values(
+                id=run_id,
+                campaign_id=campaign_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+    return run_id
+
+
+def end_run(store: Store, run_id: str) -> None:
+    with store.write() as conn:
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(ended_at=utcnow()))
+
+
+def _alive(host: str, pid: int, heartbeat_at: dt.datetime, now: dt.datetime) -> bool:
+    if now - heartbeat_at > STALE_AFTER:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_in_doubt(store: Store, campaign_id: int) -> int:
+    """Turn rows left ``sending`` by runs that are gone into ``in_doubt``; returns how many."""
+    now = utcnow()
+    with store.write() as conn:
+        runs = conn.execute(
+            select(
+                dispatch_runs.c.id, dispatch_runs.c.host, dispatch_runs.c.pid, dispatch_runs.c.heartbeat_at
+            ).where(dispatch_runs.c.campaign_id == campaign_id, dispatch_runs.c.ended_at.is_(None))
+        ).all()
+        dead = [run.id for run in runs if not _alive(run.host, run.pid, run.heartbeat_at, now)]
+        if dead:
+            conn.execute(update(dispatch_runs).where(dispatch_runs.c.id.in_(dead)).values(ended_at=now))
+        ended = select(dispatch_runs.c.id).where(dispatch_runs.c.ended_at.is_not(None))
+        result = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending")
+            .where(or_(deliveries.c.run_id.is_(None), deliveries.c.run_id.in_(ended)))
+            .values(status="in_doubt", error="the sending process stopped before recording the outcome")
+        )
+        return result.rowcount or 0
+
+
+def claim(
+    store: Store,
+    campaign_id: int,
+    run_id: str,
+    size: int,
+    now: dt.datetime | None = None,
+    *,
+    batch_id: str | None = None,
+    ahead: dt.timedelta | None = None,
+) -> Claim:
+    """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending.
+
+    With ``ahead`` (a provider that schedules delivery itself), rows due up to that much later are
+    taken too, and a claim holds only rows sharing one ``send_at``, so one request carries one time.
+    """
+    now = now or utcnow()
+    d, s = deliveries.c, subscribers.c
+    due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
+    queued = [d.campaign_id == campaign_id, d.status == "queued", due]
+    send_at = None
+    with store.write() as conn:
+        if ahead is not None:
+            first = conn.execute(select(d.send_at).where(*queued).order_by(d.id).limit(1)).first()
+            if first is None:
+                return Claim([], 0)
+            send_at = first.send_at
+            queued.append(d.send_at.is_(None) if send_at is None else d.send_at == send_at)
+        pick = select(d.id).where(*queued).order_by(d.id).limit(size)
+        postgres = conn.dialect.name == "postgresql"
+        ids = conn.execute(pick.with_for_update(skip_locked=True) if postgres else pick).scalars().all()
+        if not ids:
+            return Claim([], 0)
+        # SQLite has one writer, so the picked rows are exactly the queued ones in [first, last]: a
+        # range is far cheaper than a 1000-value IN list. PostgreSQL keeps the list of rows it locked.
+        mine = [*queued, d.id.in_(ids) if postgres else d.id.between(ids[0], ids[-1])]
+        suppressed = exists().where(suppressions.c.address_hash == s.address_hash)
+        not_allowed = conn.execute(
+            select(d.id, s.status, suppressed.label("suppressed"))
+            .select_from(deliveries.outerjoin(subscribers, s.id == d.subscriber_id))
+            .where(*mine, or_(s.id.is_(None), s.status != "active", suppressed))
+        ).all()
+        skipped = {row.id: _skip_reason(row.status, bool(row.suppressed)) or "" for row in not_allowed}
+        for reason, group in _grouped(skipped).items():
+            conn.execute(update(deliveries).where(d.id.in_(group)).values(status="skipped", error=reason))
+        rows = conn.execute(
+            update(deliveries)
+            .where(*mine)
+            .values(status="sending", run_id=run_id, batch_id=batch_id, claimed_at=now)
+            .returning(d.id, d.subscriber_id, d.email, d.name, d.timezone)
+        ).all()
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(heartbeat_at=now))
+    # RETURNING promises no order; batches go out in id order.
+    claimed: list[ClaimedRow] = [tuple(row) for row in sorted(rows, key=itemgetter(0))]
+    return Claim(claimed, len(skipped), send_at)
+
+
+def waiting(
+    store: Store, campaign_id: int, size: int, now: dt.datetime, *, ahead: dt.timedelta | None = None
+) -> int:
+    """How many queued rows (at most ``size``) a claim could take now: what the next batch must pace for."""
+    d = deliveries.c
+    due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
+    rows = select(d.id).where(d.campaign_id == campaign_id, d.status == "queued", due).limit(size).subquery()
+    with store.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
+
+
+def _skip_reason(status: str | None, suppressed: bool) -> str | None:
+    if status is None:
+        return "subscriber erased since the campaign started"
+    if suppressed:
+        return "address suppressed"
+    if status != "active":
+        return f"subscriber {status} since the campaign started"
+    return None
+
+
+def _grouped(reasons: dict[int, str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for row_id, reason in reasons.items():
+        groups.setdefault(reason, []).append(row_id)
+    return groups
+
+
+def record(store: Store, outcomes: list[Outcome], batch: tuple[int, str] | None = None) -> Counter[str]:
+    """Write the transport's outcomes; ``unsent`` rows go back to the queue. Returns counts by status.
+
+    The common case, a whole ``batch`` (campaign id, batch id) accepted under one message id (one API
+    request), is one UPDATE over the few rows the campaign has ``sending``; anything else goes row by row.
+    """
+    by_status: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_status.setdefault(outcome.status, []).append(outcome)
+    counts: Counter[str] = Counter({status: len(group) for status, group in by_status.items()})
+    d = deliveries.c
+    guarded = update(deliveries).where(d.id == bindparam("row_id"), d.status == "sending")
+    message_ids = {o.message_id for o in outcomes}
+    with store.write() as conn:
+        if batch is not None and set(by_status) == {"sent"} and len(message_ids) == 1:
+            campaign_id, batch_id = batch
+            updated = conn.execute(
+                update(deliveries)
+                .where(d.campaign_id == campaign_id, d.status == "sending", d.batch_id == batch_id)
+                .values(status="sent", message_id=message_ids.pop(), error=None)
+            ).rowcount
+            if updated == len(outcomes):
+                return counts
+            # Not the batch we expected (rows changed under us): fall back to row by row, which is guarded.
+        for status, group in by_status.items():
+            _record_group(conn, guarded, status, group)
+    return counts
+
+
+def _record_group(conn: Connection, guarded: Any, status: str, group: list[Outcome]) -> None:
+    if status == "unsent":
+        conn.execute(
+            guarded.values(status="queued", run_id=None, claimed_at=None, error=bindparam("reason")),
+            [{"row_id": o.delivery_id, "reason": o.error} for o in group],
+        )
+        return
+    shared_id = {o.message_id for o in group}
+    if status == "sent" and len(shared_id) == 1:  # one API request: one message id for the whole batch
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_([o.delivery_id for o in group]), deliveries.c.status == "sending")
+            .values(status="sent", message_id=shared_id.pop(), error=None)
+        )
+        return
+    conn.execute(
+        guarded.values(status=status, message_id=bindparam("message_id"), error=bindparam("reason")),
+        [{"row_id": o.delivery_id, "message_id": o.message_id, "reason": o.error} for o in group],
+    )
+
+
+def status_counts(conn: Connection, campaign_id: int) -> Counter[str]:
+    rows = conn.execute(
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.campaign_id == campaign_id)
+        .group_by(deliveries.c.status)
+    ).all()
+    return Counter({status: int(n) for status, n in rows})

@@ -1,0 +1,62 @@
+"""What ``newsletter send`` does before the loop: check the issue, size the audience, find or start
+its campaign."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.audience import selection
+from pipeline.content.issue import IssueFile
+from pipeline.dispatch import campaigns
+from pipeline.errors import ContentError, Severity
+from pipeline.render.links import Links
+from pipeline.render.lint import check_issue
+from pipeline.render.renderer import RenderedIssue, Renderer
+from pipeline.settings import Settings
+from pipeline.store.engine import Store
+
+
+@dataclass(frozen=True, slots=True)
+class SendPlan:
+    issue_file: IssueFile
+    rendered: RenderedIssue
+    segments: tuple[str, ...]
+    counts: dict[str, int]
+    """Live recipients per segment (a person in two segments is counted in each)."""
+    total: int
+    """Distinct recipients of all the segments together: the ledger rows a new campaign would get."""
+    campaign: campaigns.Campaign | None
+    """The campaign this issue and these segments already have, which sending resumes."""
+
+
+def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFile, RenderedIssue]:
+    """Load, lint and render an issue; refuse (``ContentError``) if `newsletter check` finds errors."""
+    checked = check_issue(path, Renderer(settings), links)
+    errors = [p for p in checked.problems if p.severity is Severity.ERROR]
+    if errors or checked.issue_file is None or checked.rendered is None:
+        raise ContentError(errors or checked.problems)
+    return checked.issue_file, checked.rendered
+
+
+def plan_send(
+    store: Store, settings: Settings, path: Path, links: Links, segments: tuple[str, ...] = ()
+) -> SendPlan:
+    issue_file, rendered = checked_issue(path, settings, links)
+    chosen = tuple(segments or issue_file.issue.segments or settings.newsletter.default_segments)
+    counts = {name: selection.count(store, [name]) for name in chosen}
+    return SendPlan(
+        issue_file,
+        rendered,
+        chosen,
+        counts,
+        selection.count(store, list(chosen)),
+        campaigns.find_campaign(store, issue_file.slug, chosen),
+    )
+
+
+def start_campaign(store: Store, send_plan: SendPlan, transport: str) -> tuple[campaigns.Campaign, bool]:
+    """The plan's campaign: the existing one, or a new one with its audience frozen now."""
+    if send_plan.campaign is not None:
+        return send_plan.campaign, False
+    return campaigns.create_campaign(store, send_plan.rendered, send_plan.segments, transport)

@@ -1,0 +1,1 @@
+"""What comes back after a send: provider events, the sender-reputation guard, campaign reports."""

@@ -1,0 +1,264 @@
+"""SendGrid Event Webhook events → the store: each kept once, and the ones about consent acted upon.
+
+Every event lands in ``delivery_events`` once per ``sg_event_id``, tied to its campaign and subscriber
+through the ``custom_args`` the SendGrid transport sets (SendGrid copies them to each event's top
+level). Bounces, drops of bad addresses, spam reports and unsubscribes also change the subscriber's
+status through the subscribers library (actor ``webhook``), which never brings anyone back.
+
+Status changes are applied only for events not stored before, and before they are stored: a crash in
+between is healed by SendGrid's retry (the change is idempotent), while a replay of an event already
+stored changes nothing, so it cannot undo a resubscribe that came after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pipeline.audience.fields import parse_email
+from pipeline.audience.subscribers import set_status
+from pipeline.errors import AudienceError
+from pipeline.store.engine import Store, utcnow
+from pipeline.store.tables import campaigns, delivery_events, subscribers
+
+ACTOR = "webhook"
+STATUS_BY_KIND = {
+    "bounce": "bounced",
+    "spamreport": "complained",
+    "unsubscribe": "unsubscribed",
+    "group_unsubscribe": "unsubscribed",
+}
+"""Events that say who must not be mailed again, and the status each one calls for."""
+STATUS_BY_DROP_REASON = {
+    "bounced address": "bounced",
+    "invalid": "bounced",
+    "spam reporting address": "complained",
+    "unsubscribed address": "unsubscribed",
+}
+"""``dropped`` events whose reason is one of SendGrid's own suppression lists (lower-cased)."""
+BLOCKED = "blocked"
+"""A ``bounce`` of ``type: blocked`` (the receiving server refused for now): kept, but no status change."""
+_CHUNK = 500
+_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
+_TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """One event as SendGrid reported it, reduced to what the store keeps."""
+
+    kind: str
+    sg_event_id: str | None
+    campaign_id: int | None
+    subscriber_id: int | None
+    email_key: str | None
+    url: str | None
+    reason: str | None
+    occurred_at: dt.datetime
+    status: str | None
+    """The subscription status this event calls for, if any."""
+
+
+@dataclass(slots=True)
+class Recorded:
+    """What one webhook post did."""
+
+    stored: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    """Items that were not events (not an object, or without an ``event`` name)."""
+    status_changes: int = 0
+    campaigns: set[int] = field(default_factory=set)
+    """Known campaigns the new events belong to (their health is worth a look)."""
+
+
+def _number(value: Any) -> int | None:
+    """A positive id from a custom arg (SendGrid passes them as strings); anything else is unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+        return number if 0 < number < 2**63 else None
+    return None
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = str(value).strip()
+    return text[:limit] or None
+
+
+def scrub(text: str | None, limit: int) -> str | None:
+    """Provider text without addresses or link tokens: bounce replies often quote the address."""
+    if text is None:
+        return None
+    text = _TOKEN_PATH.sub(r"\1/\2/{token}", text)
+    return _ADDRESS.sub("[address]", text)[:limit]
+
+
+def _email_key(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_email(value).key
+    except ValueError:
+        return None
+
+
+def _occurred(value: Any, now: dt.datetime) -> dt.datetime:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return now
+    return now
+
+
+def _status(kind: str, raw: Mapping[str, Any]) -> str | None:
+    if kind == "dropped":
+        reason = str(raw.get("reason") or "").strip().lower()
+        return STATUS_BY_DROP_REASON.get(reason)
+    return STATUS_BY_KIND.get(kind)
+
+
+def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
+    """One item of the posted JSON array, or None if it is not an event."""
+    if not isinstance(raw, dict):
+        return None
+    kind = _text(raw.get("event"), 32)
+    if kind is None:
+        return None
+    if kind == "bounce" and str(raw.get("type") or "").lower() == BLOCKED:
+        kind = BLOCKED
+    reason = raw.get("reason") or raw.get("response")
+    return ProviderEvent(
+        kind=kind,
+        sg_event_id=_text(raw.get("sg_event_id"), 100),
+        campaign_id=_number(raw.get("campaign_id")),
+        subscriber_id=_number(raw.get("subscriber_id")),
+        email_key=_email_key(raw.get("email")),
+        url=scrub(_text(raw.get("url"), 4000), 2000) if kind == "click" else None,
+        reason=scrub(_text(reason, 2000), 500),
+        occurred_at=_occurred(raw.get("timestamp"), now),
+        status=_status(kind, raw),
+    )
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    items = list(values)
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    campaigns: set[int]
+    key_by_id: dict[int, str]
+    id_by_key: dict[str, int]
+    stored_ids: set[str]
+
+
+def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
+    """Which campaigns and subscribers the events name exist, and which events are stored already."""
+    known = _Known(set(), {}, {}, set())
+    campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
+    for chunk in _chunks(campaign_ids):
+        known.campaigns.update(conn.scalars(select(campaigns.c.id).where(campaigns.c.id.in_(chunk))))
+    s = subscribers.c
+    ids = {e.subscriber_id for e in events if e.subscriber_id is not None}
+    keys = {e.email_key for e in events if e.email_key is not None}
+    for column, values in ((s.id, ids), (s.email_key, keys)):
+        for chunk in _chunks(values):
+            for subscriber_id, key in conn.execute(select(s.id, s.email_key).where(column.in_(chunk))):
+                known.key_by_id[subscriber_id] = key
+                known.id_by_key[key] = subscriber_id
+    event_ids = {e.sg_event_id for e in events if e.sg_event_id is not None}
+    for chunk in _chunks(event_ids):
+        query = select(delivery_events.c.sg_event_id).where(delivery_events.c.sg_event_id.in_(chunk))
+        known.stored_ids.update(sg for sg in conn.scalars(query) if sg is not None)
+    return known
+
+
+def _subscriber(event: ProviderEvent, known: _Known) -> int | None:
+    """The custom arg's subscriber if the event's address agrees (ids of erased people can be reused
+    on SQLite), else whoever has the event's address, else unknown."""
+    sid = event.subscriber_id
+    if sid in known.key_by_id and event.email_key in (None, known.key_by_id[sid]):
+        return sid
+    return known.id_by_key.get(event.email_key) if event.email_key else None
+
+
+def _apply_status(store: Store, subscriber_id: int, event: ProviderEvent, campaign_id: int | None) -> bool:
+    assert event.status is not None
+    detail: dict[str, Any] = {"event": event.kind, "campaign_id": campaign_id}
+    if event.sg_event_id:
+        detail["sg_event_id"] = event.sg_event_id
+    try:
+        return set_status(store, subscriber_id, event.status, actor=ACTOR, detail=detail)
+    except AudienceError:
+        return False  # a move the library refuses (a complaint is final; erased meanwhile): never forced
+
+
+def _insert_new(dialect: str) -> Insert:
+    """INSERT that skips rows whose ``sg_event_id`` is stored already (a concurrent retry of the post)."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(delivery_events)
+    return statement.on_conflict_do_nothing(index_elements=["sg_event_id"]).returning(delivery_events.c.id)
+
+
+def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None = None) -> Recorded:
+    """Store a webhook post's events once each and apply the status changes the new ones call for."""
+    now = now or utcnow()
+    result = Recorded()
+    events: list[ProviderEvent] = []
+    seen: set[str] = set()
+    for item in items:
+        event = parse_event(item, now)
+        if event is None:
+            result.ignored += 1
+        elif event.sg_event_id is not None and event.sg_event_id in seen:
+            result.duplicates += 1
+        else:
+            seen.update([event.sg_event_id] if event.sg_event_id else [])
+            events.append(event)
+    if not events:
+        return result
+    with store.read() as conn:
+        known = _known(conn, events)
+    rows = []
+    for event in events:
+        if event.sg_event_id in known.stored_ids:
+            result.duplicates += 1
+            continue
+        campaign_id = event.campaign_id if event.campaign_id in known.campaigns else None
+        subscriber_id = _subscriber(event, known)
+        if event.status is not None and subscriber_id is not None:
+            result.status_changes += _apply_status(store, subscriber_id, event, campaign_id)
+        if campaign_id is not None:
+            result.campaigns.add(campaign_id)
+        rows.append(
+            {
+                "sg_event_id": event.sg_event_id,
+                "kind": event.kind,
+                "campaign_id": campaign_id,
+                "subscriber_id": subscriber_id,
+                "url": event.url,
+                "reason": event.reason,
+                "occurred_at": event.occurred_at,
+                "received_at": now,
+            }
+        )
+    if rows:
+        with store.write() as conn:
+            inserted = len(conn.execute(_insert_new(conn.dialect.name), rows).all())
+        result.stored += inserted
+        result.duplicates += len(rows) - inserted
+    return result

@@ -1,0 +1,95 @@
+"""Sender reputation guard: a running campaign whose bounce or complaint rate passes its limit pauses itself.
+
+Mailbox providers throttle or block senders whose mail bounces or is reported as spam; a list gone
+stale can burn a domain's reputation in one send. The rates are judged as SendGrid's events arrive
+(``webhook_*`` settings), only once ``health_min_sent`` messages went out, so three early bounces
+cannot stop a campaign. The reason is kept in ``campaigns.status_reason`` and shown by
+``newsletter campaigns show``; the operator resumes with ``newsletter campaigns resume``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from pipeline.dispatch import campaigns
+from pipeline.errors import DispatchError
+from pipeline.settings import WebSettings
+from pipeline.store.engine import Store
+from pipeline.store.tables import deliveries, delivery_events
+
+BOUNCE_KINDS = ("bounce",)
+COMPLAINT_KINDS = ("spamreport",)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    campaign_id: int
+    sent: int
+    bounces: int
+    complaints: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.bounces / self.sent if self.sent else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.sent if self.sent else 0.0
+
+
+def percent(rate: float) -> str:
+    """0.02 → "2 %", 0.001 → "0.1 %", 0.0315 → "3.15 %": no noise digits in a reason line."""
+    return f"{rate * 100:.2f}".rstrip("0").rstrip(".") + " %"
+
+
+def measure(store: Store, campaign_id: int) -> Health:
+    """Messages sent (ledger) and hard bounces and spam reports reported for them (webhook)."""
+    d, e = deliveries.c, delivery_events.c
+    with store.read() as conn:
+        sent = conn.execute(
+            select(func.count()).where(d.campaign_id == campaign_id, d.status == "sent")
+        ).scalar_one()
+        counted = conn.execute(
+            select(e.kind, func.count())
+            .where(e.campaign_id == campaign_id, e.kind.in_(BOUNCE_KINDS + COMPLAINT_KINDS))
+            .group_by(e.kind)
+        )
+        kinds: dict[str, int] = {kind: int(n) for kind, n in counted}
+    bounces = sum(kinds.get(kind, 0) for kind in BOUNCE_KINDS)
+    complaints = sum(kinds.get(kind, 0) for kind in COMPLAINT_KINDS)
+    return Health(campaign_id, int(sent), bounces, complaints)
+
+
+def verdict(health: Health, limits: WebSettings) -> str | None:
+    """Why the campaign must pause, or None while it is healthy (or too young to judge)."""
+    if health.sent < limits.health_min_sent:
+        return None
+    if health.complaint_rate > limits.complaint_rate_limit:
+        return (
+            f"paused automatically: complaint rate {percent(health.complaint_rate)} "
+            f"({health.complaints} of {health.sent:,} sent) passed complaint_rate_limit "
+            f"{percent(limits.complaint_rate_limit)}"
+        )
+    if health.bounce_rate > limits.bounce_rate_limit:
+        return (
+            f"paused automatically: bounce rate {percent(health.bounce_rate)} "
+            f"({health.bounces} of {health.sent:,} sent) passed bounce_rate_limit "
+            f"{percent(limits.bounce_rate_limit)}"
+        )
+    return None
+
+
+def enforce(store: Store, campaign_id: int, limits: WebSettings) -> str | None:
+    """Pause the campaign if it is running and unhealthy; returns the reason when it paused it now."""
+    if campaigns.get_campaign(store, campaign_id).status != "running":
+        return None
+    reason = verdict(measure(store, campaign_id), limits)
+    if reason is None:
+        return None
+    try:
+        campaigns.change_status(store, campaign_id, "pause", reason)
+    except DispatchError:
+        return None  # it stopped running meanwhile (finished, paused or cancelled by someone else)
+    return reason

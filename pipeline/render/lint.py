@@ -1,0 +1,222 @@
+"""Pre-send checks: the issue's schema, then lint on the rendered result, the way a subscriber gets it.
+
+Fast enough for a pre-commit hook: templates compile once per run, each issue renders once, and every
+problem in every file is reported, located where the editor can fix it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.content.issue import IssueFile, parse_issue
+from pipeline.content.yamlsource import Path as YamlPath
+from pipeline.content.yamlsource import Position, load_located
+from pipeline.errors import ContentError, Problem, Severity
+from pipeline.recipient import Recipient
+from pipeline.render import markup
+from pipeline.render.links import Links
+from pipeline.render.renderer import PersonalisedMessage, RenderedIssue, Renderer, personalise
+from pipeline.settings import Settings
+from pipeline.tokens import Signer
+
+SUBJECT_MAX, SUBJECT_WARN = 70, 60
+PREHEADER_MIN, PREHEADER_MAX = 40, 140
+HTML_MAX, HTML_WARN = 102 * 1024, 90 * 1024
+SAMPLE_RECIPIENT = Recipient(subscriber_id=1, email="reader@example.com", name="Alex Reader")
+
+
+@dataclass
+class CheckReport:
+    files: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(p.severity is Severity.ERROR for p in self.problems)
+
+    @property
+    def warnings(self) -> int:
+        return sum(p.severity is Severity.WARNING for p in self.problems)
+
+    def failed(self, strict: bool = False) -> bool:
+        return bool(self.errors or (strict and self.warnings))
+
+
+class _Elements(HTMLParser):
+    """Collects every link target and every image of the rendered HTML."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "a" and attributes.get("href") is not None:
+            self.links.append(attributes["href"] or "")
+        elif tag == "img":
+            self.images.append(attributes)
+
+
+def _strings(data: Any, path: YamlPath = ()) -> Iterator[tuple[YamlPath, str]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _strings(value, (*path, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _strings(value, (*path, index))
+    elif isinstance(data, str):
+        yield path, data
+
+
+class _Locator:
+    """Maps a rendered value back to the issue field it came from, for file:line messages."""
+
+    def __init__(self, issue_file: IssueFile, text: str) -> None:
+        self.source = str(issue_file.path)
+        located, _ = load_located(text, self.source)
+        self.located = located
+        self.strings = list(_strings(located.data)) if located else []
+
+    def at(self, path: YamlPath) -> Position:
+        return self.located.position(path) if self.located else Position(1, 1)
+
+    def problem(self, path: YamlPath, message: str, severity: Severity = Severity.ERROR) -> Problem:
+        position = self.at(path)
+        name = ".".join(map(str, path))
+        return Problem(self.source, message, position.line, position.column, name, severity)
+
+    def containing(self, needle: str) -> YamlPath:
+        return next((path for path, value in self.strings if needle in value), ())
+
+
+def _is_absolute_link(link: str) -> bool:
+    parts = urlsplit(link)
+    return parts.scheme == "mailto" or (parts.scheme in {"http", "https"} and bool(parts.netloc))
+
+
+def lint_rendered(
+    issue_file: IssueFile,
+    copy: PersonalisedMessage,
+    locator: _Locator,
+    settings: Settings,
+    unsubscribe_url: str,
+) -> list[Problem]:
+    """Everything a subscriber's copy must satisfy, with the field to fix where one is to blame."""
+    issue = issue_file.issue
+    problems: list[Problem] = []
+    if len(issue.subject) > SUBJECT_MAX:
+        problems.append(
+            locator.problem(("subject",), f"{len(issue.subject)} characters; at most {SUBJECT_MAX}")
+        )
+    elif len(issue.subject) > SUBJECT_WARN:
+        problems.append(
+            locator.problem(
+                ("subject",),
+                f"{len(issue.subject)} characters; phones cut it after about {SUBJECT_WARN}",
+                Severity.WARNING,
+            )
+        )
+    if not PREHEADER_MIN <= len(issue.preheader) <= PREHEADER_MAX:
+        problems.append(
+            locator.problem(
+                ("preheader",), f"{len(issue.preheader)} characters; write {PREHEADER_MIN} to {PREHEADER_MAX}"
+            )
+        )
+
+    for path, value in locator.strings:
+        if "TODO" in value:
+            problems.append(locator.problem(path, "unfinished: replace the TODO"))
+        for target in markup.link_targets(value):
+            if not _is_absolute_link(target):
+                problems.append(locator.problem(path, f"link '{target}' is not an absolute http(s) URL"))
+
+    elements = _Elements()
+    elements.feed(copy.html)
+    for link in elements.links:
+        if not _is_absolute_link(link) and not locator.containing(link):  # Markdown links are checked above
+            problems.append(
+                locator.problem((), f"link '{link}' in the template is not an absolute http(s) URL")
+            )
+    for image in elements.images:
+        if not (image.get("alt") or "").strip():
+            src = image.get("src") or ""
+            problems.append(locator.problem(locator.containing(src), f"image '{src}' has no alt text"))
+
+    size = len(copy.html.encode("utf-8"))
+    if size >= HTML_MAX:
+        problems.append(
+            locator.problem((), f"HTML is {size / 1024:.1f} KB; Gmail clips messages over 102 KB")
+        )
+    elif size > HTML_WARN:
+        problems.append(
+            locator.problem(
+                (), f"HTML is {size / 1024:.1f} KB; close to Gmail's 102 KB clipping", Severity.WARNING
+            )
+        )
+
+    if not copy.text.strip():
+        problems.append(locator.problem((), "the plain-text part is empty"))
+    address = settings.newsletter.postal_address
+    for part, body, needles in (
+        (
+            "HTML",
+            copy.html,
+            {"unsubscribe link": html.escape(unsubscribe_url), "postal address": html.escape(address)},
+        ),
+        ("text", copy.text, {"unsubscribe link": unsubscribe_url, "postal address": address}),
+    ):
+        for what, needle in needles.items():
+            if needle not in body:
+                problems.append(
+                    locator.problem((), f"the {part} part has no {what} (check the template footer)")
+                )
+    return problems
+
+
+@dataclass
+class CheckedIssue:
+    """One file's check: every problem, and the issue as rendered when it got that far."""
+
+    problems: list[Problem]
+    issue_file: IssueFile | None = None
+    rendered: RenderedIssue | None = None
+
+
+def check_issue(path: Path, renderer: Renderer, links: Links) -> CheckedIssue:
+    """Every problem in one issue file: schema first, then lint on its rendered copy."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return CheckedIssue([Problem(str(path), f"cannot read: {exc}")])
+    issue, problems = parse_issue(text, path)
+    if issue is None:
+        return CheckedIssue(problems)
+    issue_file = IssueFile(path, issue)
+    try:
+        rendered = renderer.render(issue_file)
+    except ContentError as exc:
+        return CheckedIssue(problems + exc.problems, issue_file)
+    fields = links.personal_fields(SAMPLE_RECIPIENT)
+    copy = personalise(rendered, fields)
+    problems += lint_rendered(
+        issue_file, copy, _Locator(issue_file, text), renderer.settings, fields.unsubscribe_url
+    )
+    return CheckedIssue(problems, issue_file, rendered)
+
+
+def check_paths(paths: Iterable[Path], settings: Settings) -> CheckReport:
+    """Check every file; never stops at the first bad one."""
+    renderer = Renderer(settings)
+    links = Links(settings, Signer(b"newsletter-check: links are never sent"))
+    report = CheckReport()
+    for path in paths:
+        report.files += 1
+        report.problems.extend(check_issue(path, renderer, links).problems)
+    return report

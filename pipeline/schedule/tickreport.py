@@ -1,0 +1,53 @@
+"""What one scheduler tick did: an outcome per issue, or who held the lease while it waited.
+
+The CLI prints it (`newsletter run --once`) and turns ``ok`` into the exit status; tests read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from pipeline.dispatch.dispatcher import RunReport
+from pipeline.schedule.lease import LeaseState
+from pipeline.schedule.timetable import Slot
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a tick did about one issue.
+
+    ``started`` (decided and its campaign created), ``missed`` (decided: too late), ``sent`` (a
+    dispatch run, with its report), ``waiting`` (its rows are not due yet), ``failed`` (with why).
+    """
+
+    slug: str
+    action: str
+    detail: str
+    campaign_id: int | None = None
+    run: RunReport | None = None
+
+
+@dataclass
+class TickReport:
+    at: dt.datetime
+    holder: LeaseState | None = None
+    """Set when another instance holds the lease and this tick did nothing."""
+    outcomes: list[Outcome] = field(default_factory=list)
+    next_slot: Slot | None = None
+
+    @property
+    def waiting_for_lease(self) -> bool:
+        return self.holder is not None
+
+    def of(self, action: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.action == action]
+
+    @property
+    def ok(self) -> bool:
+        """False when something needs the operator: a failure, a missed issue, rows in doubt."""
+        return not self.of("failed") and not self.of("missed") and not self.in_doubt
+
+    @property
+    def in_doubt(self) -> int:
+        return sum(o.run.found_in_doubt for o in self.outcomes if o.run is not None)

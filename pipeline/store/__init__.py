@@ -1,0 +1,1 @@
+"""The database: one SQLAlchemy engine (SQLite or PostgreSQL), its tables, its migrations."""
