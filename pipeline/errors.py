@@ -8,7 +8,6 @@
     │   └── ImportRejected          a CSV had invalid rows; nothing was imported
     ├── TokenError                  a signed token is forged, truncated, tampered or expired
     └── DispatchError               a campaign cannot be started, resumed or sent as asked
-        └── TransportError          a transport failed as a whole (not one recipient)
 
 Where the input has a place, the message names it as ``FILE:LINE:COL: FIELD: message``.
 """
@@ -83,7 +82,3 @@ class TokenError(PipelineError):
 
 class DispatchError(PipelineError):
     """A campaign cannot be created, resumed or sent as asked."""
-
-
-class TransportError(DispatchError):
-    """A transport failed as a whole: the batch it was sending is recorded as failed or in doubt."""

@@ -39,6 +39,22 @@ def _timezone(value: str) -> str:
     return value
 
 
+TRANSPORTS = {
+    "outbox": "pipeline.transports.outbox:OutboxTransport",
+    "smtp": "pipeline.transports.smtp:SmtpTransport",
+    "sendgrid": "pipeline.transports.sendgrid:SendGridTransport",
+}
+"""Every transport, by the name settings and ``--transport`` use, and the class that implements it
+(imported only when opened). A new transport is one file in ``pipeline/transports/`` plus a line here
+(and its own settings section below, if it has settings)."""
+
+
+def _transport(value: str) -> str:
+    if value not in TRANSPORTS:
+        raise ValueError(f"unknown transport '{value}'; one of {', '.join(map(repr, TRANSPORTS))}")
+    return value
+
+
 def _base_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError("must be an absolute http(s) URL such as https://news.example.org")
@@ -91,7 +107,9 @@ class StoreSettings(Section):
 
 
 class DeliverySettings(Section):
-    transport: Literal["outbox", "smtp", "sendgrid"] = Field("outbox", description="How messages leave.")
+    transport: Annotated[str, AfterValidator(_transport)] = Field(
+        "outbox", description=f"How messages leave: {', '.join(TRANSPORTS)}."
+    )
     rate_per_second: float = Field(50.0, gt=0, description="Messages per second across all transports.")
     batch_size: int = Field(500, ge=1, le=1000, description="Recipients claimed from the ledger at once.")
     processes: int = Field(

@@ -20,12 +20,11 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from pipeline.audience.csvsource import Columns, CsvSource
 from pipeline.audience.fields import check_tag, check_timezone, parse_email, split_tags
-from pipeline.audience.subscribers import event_row, status_timestamps
+from pipeline.audience.subscribers import NEW_STATUSES, event_row, status_timestamps
 from pipeline.errors import AudienceError, ImportRejected, Problem
 from pipeline.store.engine import Store, utcnow
+from pipeline.store.statuses import LEFT, SubscriberStatus
 from pipeline.store.tables import (
-    LEFT_STATUSES,
-    STATUSES,
     subscriber_events,
     subscriber_tags,
     subscribers,
@@ -98,9 +97,9 @@ def _parse(
     zone = _cell(cells, columns.timezone)
     timezone = check("timezone", zone, check_timezone) if zone else None
     status = _cell(cells, columns.status).lower() or None
-    if status is not None and status not in STATUSES:
+    if status is not None and status not in set(SubscriberStatus):
         problems.append(
-            Problem(path, f"'{status}' is not one of {', '.join(STATUSES)}", line, field="status")
+            Problem(path, f"'{status}' is not one of {', '.join(SubscriberStatus)}", line, field="status")
         )
     if problems:
         return problems
@@ -149,7 +148,7 @@ class _Writer:
             current = existing.get(row.key)
             if hashes[row.key] in suppressed:
                 self._skip(row, "the address is on the suppression list (erased or blocked)")
-            elif current is not None and current["status"] in LEFT_STATUSES:
+            elif current is not None and current["status"] in LEFT:
                 self._skip(row, f"{current['status']}: an import never resubscribes people who left")
             elif current is None:
                 new.append(row)
@@ -164,7 +163,7 @@ class _Writer:
         now, actor = self.now, self.options.actor
         values: list[dict[str, Any]] = []
         for row in rows:
-            status = row.status or self.options.status or "active"
+            status = row.status or self.options.status or SubscriberStatus.ACTIVE
             values.append(
                 {
                     "email": row.email,
@@ -177,8 +176,9 @@ class _Writer:
                     "source": actor,
                     "created_at": now,
                     "updated_at": now,
-                    "confirmed_at": now if status == "active" else None,
-                    "unsubscribed_at": now if status == "unsubscribed" else None,
+                    # Every row has both keys: one executemany needs the same columns in each.
+                    "confirmed_at": now if status == SubscriberStatus.ACTIVE else None,
+                    "unsubscribed_at": now if status == SubscriberStatus.UNSUBSCRIBED else None,
                 }
             )
         self.conn.execute(insert(subscribers), values)  # plain executemany: no RETURNING round-trips
@@ -202,9 +202,13 @@ class _Writer:
     def _target_status(self, row: _Row, current: str) -> str:
         """Consent withdrawals always apply; a confirmation only with ``update`` and an explicit status."""
         wanted = row.status or self.options.status
-        if wanted in LEFT_STATUSES:
+        if wanted in LEFT:
             return wanted
-        if wanted == "active" and current == "unconfirmed" and self.options.update:
+        if (
+            wanted == SubscriberStatus.ACTIVE
+            and current == SubscriberStatus.UNCONFIRMED
+            and self.options.update
+        ):
             return wanted
         return current
 
@@ -312,7 +316,7 @@ def import_csv(
     (default active). ``update`` refreshes name, tags, attributes and time zone of people already in the
     store. ``rejects`` receives the invalid rows with a ``reason`` column.
     """
-    if status not in {None, "active", "unconfirmed"}:
+    if status is not None and status not in NEW_STATUSES:
         raise AudienceError(f"status: an import adds people as active or unconfirmed, not '{status}'")
     try:
         extra_tags = [check_tag(tag) for tag in tags]

@@ -18,6 +18,7 @@ from pipeline.audience.fields import parse_email
 from pipeline.audience.subscribers import add_subscriber, find_subscriber, is_suppressed, set_status
 from pipeline.errors import AudienceError, StoreError
 from pipeline.store.engine import Store
+from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import confirmations
 
 CONFIRM = "confirm"
@@ -25,7 +26,7 @@ CONFIRM = "confirm"
 SIGNUP_ACTOR = "signup-form"
 CONFIRM_ACTOR = "confirm-link"
 RESEND_AFTER = dt.timedelta(hours=1)
-MAY_CONFIRM = ("unconfirmed", "unsubscribed", "bounced")
+MAY_CONFIRM = (SubscriberStatus.UNCONFIRMED, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
 """Whom a confirmation may go to: the pending, and people who left and ask to come back."""
 
 
@@ -47,7 +48,12 @@ def request_signup(
     if subscriber is None:
         try:
             subscriber = add_subscriber(
-                store, address.email, name=name, tags=topics, status="unconfirmed", actor=SIGNUP_ACTOR
+                store,
+                address.email,
+                name=name,
+                tags=topics,
+                status=SubscriberStatus.UNCONFIRMED,
+                actor=SIGNUP_ACTOR,
             )
         except AudienceError:  # a twin post added it a moment ago
             subscriber = find_subscriber(store, address.key)
@@ -87,7 +93,7 @@ def confirm(store: Store, subscriber_id: int) -> str:
     subscriber = find_subscriber(store, subscriber_id)
     if subscriber is None:
         return "unknown"
-    if subscriber.status == "active":
+    if subscriber.status == SubscriberStatus.ACTIVE:
         return "already"
     if subscriber.status not in MAY_CONFIRM:
         return "refused"
@@ -95,9 +101,9 @@ def confirm(store: Store, subscriber_id: int) -> str:
         set_status(
             store,
             subscriber_id,
-            "active",
+            SubscriberStatus.ACTIVE,
             actor=CONFIRM_ACTOR,
-            resubscribe=subscriber.status != "unconfirmed",
+            resubscribe=subscriber.status != SubscriberStatus.UNCONFIRMED,
         )
     except AudienceError:
         return "refused"  # it changed meanwhile (a complaint came in)

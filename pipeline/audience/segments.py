@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -30,15 +30,14 @@ from sqlalchemy import ColumnElement, and_, exists, false, or_, select
 
 from pipeline.audience.fields import is_timezone, is_timezone_region
 from pipeline.errors import AudienceError, Problem
-from pipeline.store.tables import STATUSES, subscriber_tags, subscribers
+from pipeline.store.statuses import SubscriberStatus
+from pipeline.store.tables import subscriber_tags, subscribers
 from pipeline.validation import field_errors
 
 if TYPE_CHECKING:
     from pipeline.store.engine import Store
 
 NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-Status = Literal["unconfirmed", "active", "unsubscribed", "bounced", "complained"]
-assert set(STATUSES) == set(get_args(Status)), "Status must list every status in tables.STATUSES"
 
 
 def _timezone_pattern(value: str) -> str:
@@ -79,7 +78,9 @@ class SegmentRule(_Rule):
     """One segment as written in segments.toml; every condition given must hold (AND)."""
 
     description: str = Field("", description="What the segment is for, shown by `newsletter segments`.")
-    status: list[Status] = Field(["active"], min_length=1, description="Accepted subscription states.")
+    status: list[SubscriberStatus] = Field(
+        [SubscriberStatus.ACTIVE], min_length=1, description="Accepted subscription states."
+    )
     tags: TagRule = TagRule()
     attributes: AttributeRule = AttributeRule()
     timezone: list[TimeZonePattern] = Field(

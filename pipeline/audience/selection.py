@@ -14,6 +14,7 @@ from sqlalchemy import Select, and_, exists, func, select
 from pipeline.audience.segments import SegmentSpec, resolve, where
 from pipeline.recipient import Recipient
 from pipeline.store.engine import Store
+from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import subscribers, suppressions
 
 PAGE_SIZE = 2000
@@ -31,7 +32,9 @@ def segment_select(
     """
     c = subscribers.c
     suppressed = exists().where(suppressions.c.address_hash == c.address_hash)
-    condition = and_(c.status == "active", ~suppressed, where(resolve(store, segments), paged=paged))
+    condition = and_(
+        c.status == SubscriberStatus.ACTIVE, ~suppressed, where(resolve(store, segments), paged=paged)
+    )
     return select(c.id, c.email, c.name, c.timezone).where(condition)
 
 

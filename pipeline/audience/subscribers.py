@@ -18,9 +18,8 @@ from pipeline.audience.fields import check_tag, check_timezone, parse_email
 from pipeline.audience.segments import SegmentSpec, resolve, where
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store, utcnow
+from pipeline.store.statuses import LEFT, SubscriberStatus
 from pipeline.store.tables import (
-    LEFT_STATUSES,
-    STATUSES,
     deliveries,
     subscriber_events,
     subscriber_tags,
@@ -29,14 +28,17 @@ from pipeline.store.tables import (
 )
 
 # Moves any actor may make; the people who left come back only through ``resubscribe=True``.
-_ALLOWED = {
-    "unconfirmed": {"active", "unsubscribed", "bounced", "complained"},
-    "active": {"unsubscribed", "bounced", "complained"},
-    "unsubscribed": {"bounced", "complained"},
-    "bounced": {"unsubscribed", "complained"},
-    "complained": set[str](),
+_ALLOWED: dict[str, set[SubscriberStatus]] = {
+    SubscriberStatus.UNCONFIRMED: {SubscriberStatus.ACTIVE, *LEFT},
+    SubscriberStatus.ACTIVE: set(LEFT),
+    SubscriberStatus.UNSUBSCRIBED: {SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED},
+    SubscriberStatus.BOUNCED: {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.COMPLAINED},
+    SubscriberStatus.COMPLAINED: set(),
 }
-_RESUBSCRIBE = {"unsubscribed": {"unconfirmed", "active"}, "bounced": {"unconfirmed", "active"}}
+_COME_BACK = {SubscriberStatus.UNCONFIRMED, SubscriberStatus.ACTIVE}
+_RESUBSCRIBE = {SubscriberStatus.UNSUBSCRIBED: _COME_BACK, SubscriberStatus.BOUNCED: _COME_BACK}
+NEW_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.UNCONFIRMED)
+"""The states a person may be added in (by hand or by import); the others are reached, never given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +100,9 @@ def event_row(
 
 def status_timestamps(status: str, now: dt.datetime) -> dict[str, dt.datetime]:
     """The timestamp columns that entering ``status`` sets."""
-    if status == "active":
+    if status == SubscriberStatus.ACTIVE:
         return {"confirmed_at": now}
-    if status == "unsubscribed":
+    if status == SubscriberStatus.UNSUBSCRIBED:
         return {"unsubscribed_at": now}
     return {}
 
@@ -167,13 +169,13 @@ def add_subscriber(
     *,
     name: str | None = None,
     tags: Iterable[str] = (),
-    status: str = "active",
+    status: str = SubscriberStatus.ACTIVE,
     timezone: str | None = None,
     attributes: dict[str, str] | None = None,
     actor: str = "admin",
 ) -> Subscriber:
     """Add one person; an existing or suppressed address is an ``AudienceError``, never an overwrite."""
-    if status not in {"active", "unconfirmed"}:
+    if status not in NEW_STATUSES:
         raise AudienceError(f"status: new subscribers are active or unconfirmed, not '{status}'")
     try:
         address = parse_email(email)
@@ -223,8 +225,8 @@ def set_status(
     Only the person themself (a confirmed subscribe form, say) may bring back someone who unsubscribed
     or bounced; a complaint is final. Any other move out of those states is an ``AudienceError``.
     """
-    if status not in STATUSES:
-        raise AudienceError(f"status: '{status}' is not one of {', '.join(STATUSES)}")
+    if status not in set(SubscriberStatus):
+        raise AudienceError(f"status: '{status}' is not one of {', '.join(SubscriberStatus)}")
     now = utcnow()
     with store.write() as conn:
         row = _required(_row_of(conn, who, for_update=True), who)
@@ -239,9 +241,9 @@ def set_status(
             raise AudienceError(f"{row['email']}: cannot change status from {current} to {status}: {why}")
         kind = (
             "resubscribed"
-            if current in LEFT_STATUSES
+            if current in LEFT
             else "unsubscribed"
-            if status == "unsubscribed"
+            if status == SubscriberStatus.UNSUBSCRIBED
             else None
         )
         values: dict[str, Any] = {"status": status, "updated_at": now, **status_timestamps(status, now)}
@@ -262,9 +264,9 @@ def set_status(
 def unsubscribe(store: Store, who: int | str, *, actor: str = "admin") -> bool:
     """Honour an unsubscribe (link, webhook or admin); False if the person had already left."""
     row = get_subscriber(store, who)
-    if row.status in LEFT_STATUSES:
+    if row.status in LEFT:
         return False
-    return set_status(store, row.id, "unsubscribed", actor=actor)
+    return set_status(store, row.id, SubscriberStatus.UNSUBSCRIBED, actor=actor)
 
 
 def suppress(store: Store, email: str, reason: str, *, actor: str = "admin") -> bool:

@@ -1,10 +1,15 @@
-"""What every command shares: the settings (loaded once, on first use) and the consoles."""
+"""What every command shares: the settings (loaded once, on first use), the consoles, the stop signal."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
 
 import click
 from rich.console import Console
@@ -31,3 +36,23 @@ def shown(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it: shorter, and clickable."""
     relative = os.path.relpath(path)
     return path.as_posix() if relative.startswith("..") else relative
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM: stop claiming batches; the ones in flight finish and are recorded."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            console_err.print(
+                f"{signal.Signals(signum).name}: finishing the batches in flight, then stopping…"
+            )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -8,8 +8,7 @@ import logging
 import click
 from rich.table import Table
 
-from pipeline.cli.context import CliContext, console, pass_context
-from pipeline.cli.sending import stop_on_signals
+from pipeline.cli.context import CliContext, console, pass_context, stop_on_signals
 from pipeline.schedule.localtime import zone
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.status import Agenda, agenda
@@ -42,7 +41,7 @@ def print_tick(report: TickReport, tz_name: str, *, quiet: bool = False) -> None
         if outcome.action == "sent" and outcome.run is not None:
             run = outcome.run
             done = ", ".join(f"{n:,} {s.replace('_', ' ')}" for s, n in sorted(run.counts.items()) if n)
-            stopped = f" (stopped: {run.stopped})" if run.stopped else ""
+            stopped = f" (stopped: {run.why})" if run.stopped else ""
             console.print(
                 f"{outcome.slug}: campaign #{outcome.campaign_id}: {done or 'nothing due'}; "
                 f"[bold]{run.campaign.status}[/]{stopped}"

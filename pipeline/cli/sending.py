@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import click
 from rich.progress import (
@@ -21,47 +16,29 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
-from pipeline.dispatch import campaigns, single
-from pipeline.dispatch.dispatcher import Dispatcher, RunReport
+from pipeline.cli.context import CliContext, console, console_err, pass_context, shown, stop_on_signals
+from pipeline.dispatch import campaigns, dispatcher, single
+from pipeline.dispatch.campaigns import Campaign
+from pipeline.dispatch.dispatcher import RunEnd, RunReport
 from pipeline.dispatch.plan import plan_send, start_campaign
 from pipeline.render.links import Links
-from pipeline.settings import Settings
+from pipeline.settings import TRANSPORTS, Settings
 from pipeline.store.engine import Store, open_store
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
 from pipeline.transports import open_transport
 from pipeline.transports.outbox import OutboxTransport
 
-TRANSPORTS = click.Choice(["outbox", "smtp", "sendgrid"])
-DONE = ("sent", "failed", "skipped", "in_doubt")
+TRANSPORT_CHOICE = click.Choice(list(TRANSPORTS))
+DONE = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN_DOUBT)
+"""What a run's counts hold besides ``unsent`` (rows it gave back to the queue)."""
+LISTED = (DeliveryStatus.QUEUED, *DONE)
+"""The ledger columns of `newsletter campaigns`."""
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C or SIGTERM: stop claiming batches; the ones in flight finish and are recorded."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if not stop.is_set():
-            console_err.print(
-                f"{signal.Signals(signum).name}: finishing the batches in flight, then stopping…"
-            )
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def run_campaign(
-    settings: Settings, store: Store, campaign: campaigns.Campaign, transport_name: str | None
-) -> RunReport:
+def run_campaign(settings: Settings, store: Store, campaign: Campaign, transport: str | None) -> RunReport:
     """Send a running campaign with a progress bar; shared by `send` and `campaigns resume`."""
-    transport = open_transport(settings, transport_name or campaign.transport)
-    total = campaigns.report(store, campaign.id).total
-    already = sum(campaigns.report(store, campaign.id).counts[s] for s in DONE)
+    report = campaigns.report(store, campaign.id)
+    already = sum(report.counts[s] for s in DONE)
     columns = (
         TextColumn("[bold]#{task.fields[campaign]}"),
         BarColumn(),
@@ -72,7 +49,7 @@ def run_campaign(
     )
     with stop_on_signals() as stop, Progress(*columns, console=console_err, transient=False) as progress:
         task = progress.add_task(
-            "send", total=total, completed=already, campaign=campaign.id, sent=0, failed=0, rate=0
+            "send", total=report.total, completed=already, campaign=campaign.id, sent=0, failed=0, rate=0
         )
 
         def on_progress(counts: Counter[str]) -> None:
@@ -80,18 +57,14 @@ def run_campaign(
             progress.update(
                 task,
                 completed=already + sum(counts[s] for s in DONE),
-                sent=counts["sent"],
-                failed=counts["failed"],
-                rate=f"{counts['sent'] / elapsed:,.0f}",
+                sent=counts[DeliveryStatus.SENT],
+                failed=counts[DeliveryStatus.FAILED],
+                rate=f"{counts[DeliveryStatus.SENT] / elapsed:,.0f}",
             )
 
-        dispatcher = Dispatcher(
-            store, settings, transport, Links(settings, store.signer), stop=stop, on_progress=on_progress
+        return dispatcher.run_campaign(
+            store, settings, campaign.id, transport=transport, stop=stop, on_progress=on_progress
         )
-        try:
-            return dispatcher.run(campaign.id)
-        finally:
-            transport.close()
 
 
 def _counts_line(counts: Counter[str]) -> str:
@@ -112,8 +85,8 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> None:
     console.print(f"  this run: {_counts_line(run.counts)} in {run.elapsed:.1f} s")
     console.print(f"  campaign: {_counts_line(report.counts)} of {report.total:,} recipients")
     if run.stopped:
-        console.print(f"  [yellow]stopped ({run.stopped}); run the same command again to resume[/]")
-    if report.counts["in_doubt"]:
+        console.print(f"  [yellow]stopped ({run.why}); run the same command again to resume[/]")
+    if report.counts[DeliveryStatus.IN_DOUBT]:
         console.print(
             f"  [yellow]{report.counts['in_doubt']} recipient(s) in doubt[/]: the transport may have accepted them. "
             f"Decide with `newsletter campaigns resolve {campaign.id} --resend` or `--mark-sent`."
@@ -134,7 +107,7 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> None:
     help="Send to this segment (repeatable).  [default: the issue's, else settings']",
 )
 @click.option(
-    "--transport", type=TRANSPORTS, default=None, help="How to send.  [default: delivery.transport]"
+    "--transport", type=TRANSPORT_CHOICE, default=None, help="How to send.  [default: delivery.transport]"
 )
 @click.option("--dry-run", is_flag=True, help="Check and count recipients; send nothing, start no campaign.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -185,10 +158,14 @@ def send(
         if dry_run:
             console.print("Dry run: nothing sent.")
             return
-        if plan.campaign and plan.campaign.status in ("finished", "cancelled", "paused"):
-            hint = {"paused": f"resume it with `newsletter campaigns resume {plan.campaign.id}`"}.get(
-                plan.campaign.status, "nothing to send"
-            )
+        if plan.campaign and plan.campaign.status in (
+            CampaignStatus.FINISHED,
+            CampaignStatus.CANCELLED,
+            CampaignStatus.PAUSED,
+        ):
+            hint = {
+                CampaignStatus.PAUSED: f"resume it with `newsletter campaigns resume {plan.campaign.id}`"
+            }.get(plan.campaign.status, "nothing to send")
             console.print(f"Campaign #{plan.campaign.id} is {plan.campaign.status}: {hint}.")
             return
         if plan.campaign is None and plan.total == 0:
@@ -204,7 +181,7 @@ def send(
         campaign, _ = start_campaign(store, plan, chosen)
         run = run_campaign(settings, store, campaign, transport)
         print_report(settings, store, run)
-        if run.stopped and run.stopped.startswith("transport unavailable"):
+        if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
             raise SystemExit(1)
 
 
@@ -224,7 +201,7 @@ def campaigns_group(click_ctx: click.Context, ctx: CliContext) -> None:
                     campaign.issue_slug,
                     ", ".join(campaign.segments),
                     campaign.status,
-                    *(f"{counts[s]:,}" for s in ("queued", "sent", "failed", "skipped", "in_doubt")),
+                    *(f"{counts[s]:,}" for s in LISTED),
                 )
             console.print(table)
 
@@ -247,14 +224,14 @@ def show(ctx: CliContext, campaign_id: int) -> None:
         + (f", finished {c.finished_at:%Y-%m-%d %H:%M} UTC" if c.finished_at else "")
     )
     table = Table("status", "recipients")
-    for status in ("queued", "sending", "sent", "failed", "skipped", "in_doubt", "cancelled"):
+    for status in DeliveryStatus:
         table.add_row(status.replace("_", " "), f"{report.counts[status]:,}")
     table.add_row("[bold]total[/]", f"[bold]{report.total:,}[/]")
     console.print(table)
     if report.errors:
         errors = Table("status", "reason", "recipients", title="Why", title_justify="left")
-        for status, reason, count in report.errors:
-            errors.add_row(status.replace("_", " "), reason, f"{count:,}")
+        for row_status, reason, count in report.errors:
+            errors.add_row(row_status.replace("_", " "), reason, f"{count:,}")
         console.print(errors)
 
 
@@ -275,14 +252,16 @@ def pause(ctx: CliContext, campaign_id: int) -> None:
 
 @campaigns_group.command("resume")
 @click.argument("campaign_id", type=int)
-@click.option("--transport", type=TRANSPORTS, default=None, help="How to send.  [default: the campaign's]")
+@click.option(
+    "--transport", type=TRANSPORT_CHOICE, default=None, help="How to send.  [default: the campaign's]"
+)
 @pass_context
 def resume(ctx: CliContext, campaign_id: int, transport: str | None) -> None:
     """Resume a paused (or interrupted) campaign and send what is still queued."""
     settings = ctx.settings
     with open_store(settings) as store:
         campaign = campaigns.get_campaign(store, campaign_id)
-        if campaign.status == "paused":
+        if campaign.status == CampaignStatus.PAUSED:
             campaign = campaigns.change_status(store, campaign_id, "resume")
         run = run_campaign(settings, store, campaign, transport)
         print_report(settings, store, run)

@@ -23,6 +23,7 @@ from pipeline.audience.importer import ImportResult, import_csv
 from pipeline.audience.segments import load_segments
 from pipeline.audience.selection import count, explain, member_count
 from pipeline.audience.subscribers import (
+    NEW_STATUSES,
     Subscriber,
     add_subscriber,
     erase,
@@ -33,7 +34,7 @@ from pipeline.audience.subscribers import (
 )
 from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
 from pipeline.store.engine import Store, head_revision, open_store
-from pipeline.store.tables import STATUSES
+from pipeline.store.statuses import SubscriberStatus
 
 PROGRESS_FROM_BYTES = 1_000_000
 """Files smaller than this import too fast for a progress bar to help."""
@@ -92,7 +93,7 @@ def _print_import(file: Path, result: ImportResult) -> None:
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Add this tag to every imported person.")
 @click.option(
     "--status",
-    type=click.Choice(["active", "unconfirmed"]),
+    type=click.Choice([str(s) for s in NEW_STATUSES]),
     help="Status of new people whose row has no status column.  [default: active]",
 )
 @click.option("--update", is_flag=True, help="Update name, tags, attributes and time zone of known people.")
@@ -135,7 +136,13 @@ def import_(
 
 @subscribers.command("list")
 @click.option("--segment", "segments", multiple=True, metavar="NAME", help="Only people in this segment.")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="Only this status.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([str(s) for s in SubscriberStatus]),
+    help="Only this status.",
+)
 @click.option("--limit", default=50, show_default=True, help="Show at most this many (0: all).")
 @pass_context
 def list_(ctx: CliContext, segments: tuple[str, ...], statuses: tuple[str, ...], limit: int) -> None:
@@ -202,7 +209,7 @@ def show(ctx: CliContext, email: str) -> None:
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag; repeat for several.")
 @click.option("--timezone", help="IANA time zone, such as Europe/Berlin.")
 @click.option(
-    "--status", type=click.Choice(["active", "unconfirmed"]), default="active", show_default=True,
+    "--status", type=click.Choice([str(s) for s in NEW_STATUSES]), default="active", show_default=True,
     help="unconfirmed people get nothing until they confirm.",
 )  # fmt: skip
 @pass_context

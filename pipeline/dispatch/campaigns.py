@@ -2,7 +2,9 @@
 
 Status moves ``scheduled → running ⇄ paused → finished``, or to ``cancelled`` before it finishes.
 A campaign keeps the issue as rendered when it started, so a resumed campaign sends every remaining
-recipient the same content, even if the YAML file was edited since.
+recipient the same content, even if the YAML file was edited since. This module owns the
+``campaigns`` table; what happens to each recipient is the ledger's (``ledger``), called inside the
+same transactions where a campaign's change moves its rows too (freeze, cancel, resolve).
 """
 
 from __future__ import annotations
@@ -13,23 +15,29 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.audience.selection import segment_select
-from pipeline.dispatch.ledger import status_counts
+from pipeline.dispatch import ledger
 from pipeline.errors import DispatchError, StoreError
 from pipeline.render.renderer import RenderedIssue, SplitTemplate
 from pipeline.store.engine import Store, utcnow
-from pipeline.store.tables import campaigns, deliveries
+from pipeline.store.statuses import CampaignStatus
+from pipeline.store.tables import campaigns
 
-ACTIVE = ("scheduled", "running")
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "pause": ("scheduled", "running"),
-    "resume": ("paused",),
-    "cancel": ("scheduled", "running", "paused"),
+TRANSITIONS: dict[str, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
+    "pause": ((CampaignStatus.SCHEDULED, CampaignStatus.RUNNING), CampaignStatus.PAUSED),
+    "resume": ((CampaignStatus.PAUSED,), CampaignStatus.RUNNING),
+    "cancel": (
+        (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.PAUSED),
+        CampaignStatus.CANCELLED,
+    ),
 }
+"""What the operator (or the health guard) may do to a campaign: from which states, to which."""
+PUBLISHED = (CampaignStatus.RUNNING, CampaignStatus.PAUSED, CampaignStatus.FINISHED)
+"""States of a campaign whose issue has gone out: the archive shows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +46,7 @@ class Campaign:
     issue_slug: str
     segments: tuple[str, ...]
     subject: str
-    status: str
+    status: CampaignStatus
     status_reason: str | None
     transport: str
     content_hash: str
@@ -54,7 +62,7 @@ class Campaign:
             issue_slug=row["issue_slug"],
             segments=tuple(row["segments"].split(",")),
             subject=row["subject"],
-            status=row["status"],
+            status=CampaignStatus(row["status"]),
             status_reason=row["status_reason"],
             transport=row["transport"],
             content_hash=row["content_hash"],
@@ -120,7 +128,7 @@ def get_campaign(store: Store, campaign_id: int) -> Campaign:
 def list_campaigns(store: Store) -> list[tuple[Campaign, Counter[str]]]:
     with store.read() as conn:
         rows = conn.execute(select(*_SUMMARY).order_by(campaigns.c.id.desc())).mappings().all()
-        return [(Campaign.from_row(row), status_counts(conn, row["id"])) for row in rows]
+        return [(Campaign.from_row(row), ledger.status_counts(conn, row["id"])) for row in rows]
 
 
 def load_rendered(store: Store, campaign_id: int) -> RenderedIssue:
@@ -152,7 +160,7 @@ def create_campaign(
     segments: Sequence[str],
     transport: str,
     *,
-    status: str = "running",
+    status: CampaignStatus = CampaignStatus.RUNNING,
     send_after: dt.datetime | None = None,
     prepare: Callable[[Connection, int], object] | None = None,
 ) -> tuple[Campaign, bool]:
@@ -181,23 +189,11 @@ def create_campaign(
                     status=status,
                     send_after=send_after,
                     created_at=now,
-                    started_at=now if status == "running" else None,
+                    started_at=now if status == CampaignStatus.RUNNING else None,
                 )
                 .returning(campaigns.c.id)
             ).scalar_one()
-            frozen = select(
-                literal(campaign_id),
-                audience.c.id,
-                audience.c.email,
-                audience.c.name,
-                audience.c.timezone,
-                literal("queued"),
-            )
-            conn.execute(
-                insert(deliveries).from_select(
-                    ["campaign_id", "subscriber_id", "email", "name", "timezone", "status"], frozen
-                )
-            )
+            ledger.freeze(conn, campaign_id, audience)
             if prepare is not None:
                 prepare(conn, campaign_id)
             return _get(conn, campaign_id), True
@@ -216,21 +212,17 @@ def _placeholder(name: str) -> str:
 
 def change_status(store: Store, campaign_id: int, action: str, reason: str | None = None) -> Campaign:
     """pause, resume or cancel; cancelling marks every still-queued row ``cancelled`` (the ledger says why)."""
-    target = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[action]
+    sources, target = TRANSITIONS[action]
     with store.write() as conn:
         campaign = _get(conn, campaign_id)
-        if campaign.status not in TRANSITIONS[action]:
+        if campaign.status not in sources:
             raise DispatchError(f"campaign {campaign_id} is {campaign.status}; cannot {action} it")
         values: dict[str, object] = {"status": target, "status_reason": reason}
-        if target == "running" and campaign.started_at is None:
+        if target == CampaignStatus.RUNNING and campaign.started_at is None:
             values["started_at"] = utcnow()
         conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(**values))
-        if action == "cancel":
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "queued")
-                .values(status="cancelled", error=reason or "campaign cancelled")
-            )
+        if target == CampaignStatus.CANCELLED:
+            ledger.cancel_queued(conn, campaign_id, reason or "campaign cancelled")
         return _get(conn, campaign_id)
 
 
@@ -239,8 +231,8 @@ def start(store: Store, campaign_id: int) -> Campaign:
     with store.write() as conn:
         conn.execute(
             update(campaigns)
-            .where(campaigns.c.id == campaign_id, campaigns.c.status == "scheduled")
-            .values(status="running", started_at=utcnow())
+            .where(campaigns.c.id == campaign_id, campaigns.c.status == CampaignStatus.SCHEDULED)
+            .values(status=CampaignStatus.RUNNING, started_at=utcnow())
         )
         return _get(conn, campaign_id)
 
@@ -248,53 +240,79 @@ def start(store: Store, campaign_id: int) -> Campaign:
 def finish_if_done(store: Store, campaign_id: int) -> Campaign:
     """Mark a running campaign finished once no row is queued or sending."""
     with store.write() as conn:
-        counts = status_counts(conn, campaign_id)
+        counts = ledger.status_counts(conn, campaign_id)
         campaign = _get(conn, campaign_id)
-        if campaign.status == "running" and not counts["queued"] and not counts["sending"]:
+        if campaign.status == CampaignStatus.RUNNING and not ledger.unfinished(counts):
             conn.execute(
                 update(campaigns)
                 .where(campaigns.c.id == campaign_id)
-                .values(status="finished", finished_at=utcnow())
+                .values(status=CampaignStatus.FINISHED, finished_at=utcnow())
             )
             campaign = _get(conn, campaign_id)
         return campaign
 
 
 def report(store: Store, campaign_id: int) -> CampaignReport:
-    d = deliveries.c
     with store.read() as conn:
         campaign = _get(conn, campaign_id)
-        counts = status_counts(conn, campaign_id)
-        errors = conn.execute(
-            select(d.status, d.error, func.count())
-            .where(d.campaign_id == campaign_id, d.status.in_(("failed", "skipped", "in_doubt")))
-            .group_by(d.status, d.error)
-            .order_by(func.count().desc())
-        ).all()
-    return CampaignReport(campaign, counts, [(s, e or "", int(n)) for s, e, n in errors])
+        return CampaignReport(
+            campaign, ledger.status_counts(conn, campaign_id), ledger.errors(conn, campaign_id)
+        )
 
 
 def resolve_in_doubt(store: Store, campaign_id: int, *, resend: bool) -> int:
-    """The operator's decision on in-doubt rows: queue them again, or record them as sent."""
+    """The operator's decision on in-doubt rows: queue them again, or record them as sent.
+
+    Queued again, they make a finished campaign run once more, so the next send picks them up.
+    """
     with store.write() as conn:
         campaign = _get(conn, campaign_id)
-        values = (
-            {"status": "queued", "run_id": None, "claimed_at": None, "error": None}
-            if resend
-            else {"status": "sent", "error": "marked sent by the operator (outcome unknown)"}
-        )
-        changed = (
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "in_doubt")
-                .values(**values)
-            ).rowcount
-            or 0
-        )
-        if resend and changed and campaign.status == "finished":
+        changed = ledger.resolve_in_doubt(conn, campaign_id, resend=resend)
+        if resend and changed and campaign.status == CampaignStatus.FINISHED:
             conn.execute(
                 update(campaigns)
                 .where(campaigns.c.id == campaign_id)
-                .values(status="running", finished_at=None)
+                .values(status=CampaignStatus.RUNNING, finished_at=None)
             )
     return changed
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedIssue:
+    """An issue that has gone out, as the archive lists it (no one's personal data)."""
+
+    slug: str
+    subject: str
+    preheader: str
+    started_at: dt.datetime
+
+    @property
+    def day(self) -> dt.date:
+        """The issue's date from its file name (YYYY-MM-DD-…), else the day it went out."""
+        try:
+            return dt.date.fromisoformat(self.slug[:10])
+        except ValueError:
+            return self.started_at.date()
+
+
+def published(store: Store) -> list[PublishedIssue]:
+    """One entry per issue that has gone out (its first campaign), newest issue first."""
+    c = campaigns.c
+    query = (
+        select(c.issue_slug, c.subject, c.preheader, c.started_at)
+        .where(c.status.in_(PUBLISHED), c.started_at.is_not(None))
+        .order_by(c.id)
+    )
+    entries: dict[str, PublishedIssue] = {}
+    with store.read() as conn:
+        for slug, subject, preheader, started_at in conn.execute(query):
+            entries.setdefault(slug, PublishedIssue(slug, subject, preheader, started_at))
+    return sorted(entries.values(), key=lambda e: (e.day, e.started_at), reverse=True)
+
+
+def published_html(store: Store, slug: str) -> str | None:
+    """The stored HTML of the issue's first published campaign, or None if it has not gone out."""
+    c = campaigns.c
+    query = select(c.html).where(c.issue_slug == slug, c.status.in_(PUBLISHED)).order_by(c.id).limit(1)
+    with store.read() as conn:
+        return conn.execute(query).scalar_one_or_none()

@@ -6,6 +6,9 @@ time, or with ``delivery.processes`` above 1 in that many worker processes, one 
 ``courier``). ``stop`` (set by Ctrl-C or SIGTERM in the CLI) stops the claiming of new batches; batches
 in flight finish and are recorded before ``run`` returns.
 
+``run_campaign`` is the one way in, for `newsletter send`, `campaigns resume` and the scheduler alike:
+it opens the campaign's transport, runs a ``Dispatcher`` and closes the transport again.
+
 Rows with a later ``send_at`` (per-recipient time zones) wait until they are due by ``now``; a
 transport that schedules delivery itself (SendGrid, ``send_ahead``) gets them early, grouped by time.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.courier import GC_THRESHOLD, Courier, Job, deliver_in_worker, worker_pool
@@ -32,9 +36,26 @@ from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, utcnow
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
+from pipeline.transports import open_transport
 from pipeline.transports.base import Outcome, Transport
 
 log = logging.getLogger(__name__)
+
+
+class RunEnd(StrEnum):
+    """Why a dispatch run ended."""
+
+    DONE = "done"
+    """Nothing due is left queued (the campaign may still wait for later time zones)."""
+    WAITING = "waiting"
+    """Every row left waits for a later delivery time: no run was needed yet."""
+    INTERRUPTED = "interrupted"
+    """Told to stop (Ctrl-C, SIGTERM, the scheduler's lease lost)."""
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    TRANSPORT_UNAVAILABLE = "transport unavailable"
+    """The transport could not take the batch; its rows went back to the queue (``detail`` says why)."""
 
 
 @dataclass
@@ -44,13 +65,55 @@ class RunReport:
     """What this run did: sent, failed, skipped, in_doubt, unsent (returned to the queue)."""
     found_in_doubt: int = 0
     """Rows a previous, dead run had left ``sending``, now marked ``in_doubt``."""
-    stopped: str | None = None
-    """Why the run ended before the queue was empty (interrupted, paused, transport down), if it did."""
+    end: RunEnd = RunEnd.DONE
+    detail: str | None = None
+    """What the transport said, when it was unavailable."""
     elapsed: float = 0.0
+
+    @property
+    def stopped(self) -> bool:
+        """True when the run ended before its queue was done (interrupted, paused, transport down…)."""
+        return self.end not in (RunEnd.DONE, RunEnd.WAITING)
+
+    @property
+    def why(self) -> str:
+        """The end in words, for people: ``transport unavailable: connection refused``."""
+        return f"{self.end}: {self.detail}" if self.detail else str(self.end)
 
 
 ProgressCallback = Callable[[Counter[str]], None]
 Submit = Callable[[Job], "Future[list[Outcome]]"]
+_Stop = tuple[RunEnd, str | None]
+_ENDS_BY_STATUS = {CampaignStatus.PAUSED: RunEnd.PAUSED, CampaignStatus.CANCELLED: RunEnd.CANCELLED}
+
+
+def run_campaign(
+    store: Store,
+    settings: Settings,
+    campaign_id: int,
+    *,
+    transport: str | None = None,
+    transports: Callable[[str], Transport] | None = None,
+    stop: threading.Event | None = None,
+    on_progress: ProgressCallback | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> RunReport:
+    """Send what is due of a running campaign through ``transport`` (default: the campaign's).
+
+    ``transports`` opens a transport by name (default: from the settings and the environment).
+    A campaign whose remaining rows all wait for a later time starts no run (``RunEnd.WAITING``).
+    """
+    campaign = campaigns.get_campaign(store, campaign_id)
+    opened = (transports or (lambda name: open_transport(settings, name)))(transport or campaign.transport)
+    try:
+        horizon = now() + (opened.send_ahead or dt.timedelta(0))
+        if campaign.status == CampaignStatus.RUNNING and ledger.only_waiting(store, campaign_id, horizon):
+            return RunReport(campaign, end=RunEnd.WAITING)
+        links = Links(settings, store.signer)
+        dispatcher = Dispatcher(store, settings, opened, links, stop=stop, on_progress=on_progress, now=now)
+        return dispatcher.run(campaign_id)
+    finally:
+        opened.close()
 
 
 class Dispatcher:
@@ -88,13 +151,13 @@ class Dispatcher:
         started = time.monotonic()
         campaign = campaigns.start(self.store, campaign_id)
         report = RunReport(campaign, found_in_doubt=ledger.mark_in_doubt(self.store, campaign_id))
-        if campaign.status != "running":
+        if campaign.status != CampaignStatus.RUNNING:
             raise DispatchError(f"campaign {campaign_id} is {campaign.status}, not running")
         rendered = campaigns.load_rendered(self.store, campaign_id)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
         try:
             with _rare_collections(), self._couriers(rendered) as (submit, in_flight):
-                report.stopped = self._loop(run, submit, in_flight)
+                report.end, report.detail = self._loop(run, submit, in_flight)
         finally:
             ledger.end_run(self.store, run.run_id)
         report.campaign = campaigns.finish_if_done(self.store, campaign_id)
@@ -114,9 +177,9 @@ class Dispatcher:
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
             yield (lambda job: threads.submit(courier.deliver, job)), self.transport.concurrency
 
-    def _loop(self, run: _Run, submit: Submit, limit: int) -> str | None:
-        """Keep ``limit`` batches in flight; record each as soon as it returns."""
-        stopped: str | None = None
+    def _loop(self, run: _Run, submit: Submit, limit: int) -> tuple[RunEnd, str | None]:
+        """Keep ``limit`` batches in flight; record each as soon as it returns. Returns why it ended."""
+        stopped: _Stop | None = None
         in_flight: dict[Future[list[Outcome]], str] = {}
         while True:
             if stopped is None:
@@ -125,41 +188,43 @@ class Dispatcher:
             # being paced lets no further batch be claimed.
             while stopped is None and len(in_flight) < limit:
                 if self.stop.is_set():
-                    stopped = "interrupted"
+                    stopped = (RunEnd.INTERRUPTED, None)
                     break
                 batch_id = f"{run.run_id}-{next(run.batches)}"
                 job = self._claim(run, batch_id)
                 if job is None:
                     if self.stop.is_set():  # the signal landed while this claim waited for the pace
-                        stopped = "interrupted"
+                        stopped = (RunEnd.INTERRUPTED, None)
                     break
                 in_flight[submit(job)] = batch_id
                 # Rows wait in `sending` only while their batch is really out: record what is back.
                 stopped = self._record([f for f in in_flight if f.done()], in_flight, run) or stopped
             if not in_flight:
-                return stopped
+                return stopped or (RunEnd.DONE, None)
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             stopped = self._record(list(done), in_flight, run) or stopped
 
     def _record(
         self, done: list[Future[list[Outcome]]], in_flight: dict[Future[list[Outcome]], str], run: _Run
-    ) -> str | None:
+    ) -> _Stop | None:
         """Write finished batches to the ledger; a reason to stop if the transport is unavailable."""
-        stopped = None
+        stopped: _Stop | None = None
         for future in done:
             outcomes = future.result()
             run.counts.update(ledger.record(self.store, outcomes, (run.campaign_id, in_flight.pop(future))))
             unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
             if unsent:
-                stopped = f"transport unavailable: {unsent}"
+                stopped = (RunEnd.TRANSPORT_UNAVAILABLE, unsent)
             self._progress(run)
         return stopped
 
-    def _why_stop(self, campaign_id: int) -> str | None:
+    def _why_stop(self, campaign_id: int) -> _Stop | None:
         if self.stop.is_set():
-            return "interrupted"
+            return (RunEnd.INTERRUPTED, None)
         status = campaigns.get_campaign(self.store, campaign_id).status
-        return None if status == "running" else status
+        if status == CampaignStatus.RUNNING:
+            return None
+        return (_ENDS_BY_STATUS.get(status, RunEnd.DONE), None)
 
     def _claim(self, run: _Run, batch_id: str) -> Job | None:
         """The next batch to send, paced by the rate limit; None when no queued row is due.
@@ -188,7 +253,7 @@ class Dispatcher:
                 ahead=self.transport.send_ahead,
             )
             if claim.skipped:
-                run.counts["skipped"] += claim.skipped
+                run.counts[DeliveryStatus.SKIPPED] += claim.skipped
                 self._progress(run)
             if claim.rows:
                 break

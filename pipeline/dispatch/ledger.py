@@ -1,10 +1,13 @@
-"""The per-recipient ledger: claim a batch, record what the transport said, find rows in doubt.
+"""The per-recipient ledger, every write to ``deliveries``: freeze an audience, claim a batch, record
+what the transport said, find rows in doubt, cancel and resolve.
 
-A batch is claimed in one short transaction: queued rows are taken in id order (``FOR UPDATE SKIP
+A campaign's audience is frozen into one ``queued`` row per recipient when it starts. A batch is claimed in one short transaction: queued rows are taken in id order (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, so several workers never take the same row), anyone who unsubscribed, bounced,
 complained or was suppressed since the campaign started is marked ``skipped`` with the reason, and the
 rest are marked ``sending`` with the run's id *before* the transport is called. Outcomes are written
 after. Rows a dead run left ``sending`` become ``in_doubt``: reported, and resolved by the operator.
+Functions that take a ``Connection`` run inside the caller's transaction (a campaign's change and
+its rows' change commit together); those that take the ``Store`` open their own.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import os
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, or_, select, update
+from sqlalchemy import Subquery, bindparam, exists, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Connection
 
 from pipeline.store.engine import Store, utcnow
+from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
 from pipeline.store.tables import deliveries, dispatch_runs, subscribers, suppressions
 from pipeline.transports.base import Outcome
 
@@ -40,6 +45,65 @@ class Claim:
     skipped: int
     send_at: dt.datetime | None = None
     """When claimed ``ahead``: the delivery time every row of the claim shares (None: now)."""
+
+
+UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+"""Rows still on their way: a campaign with none left is finished."""
+NEEDS_A_LOOK = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN_DOUBT)
+"""Rows whose reason a report lists."""
+
+
+def freeze(conn: Connection, campaign_id: int, audience: Subquery) -> None:
+    """One ``queued`` row per member of ``audience`` (id, email, name, timezone), by ``INSERT … SELECT``."""
+    frozen = select(
+        literal(campaign_id),
+        audience.c.id,
+        audience.c.email,
+        audience.c.name,
+        audience.c.timezone,
+        literal(DeliveryStatus.QUEUED.value),
+    )
+    columns = ["campaign_id", "subscriber_id", "email", "name", "timezone", "status"]
+    conn.execute(insert(deliveries).from_select(columns, frozen))
+
+
+def set_send_times(conn: Connection, campaign_id: int, moment_in: Callable[[str | None], dt.datetime]) -> int:
+    """Give each row its recipient's delivery time, ``moment_in(time zone)``: one UPDATE per distinct
+    zone. Returns how many zones there were."""
+    d = deliveries.c
+    names = conn.execute(select(d.timezone).where(d.campaign_id == campaign_id).distinct()).scalars().all()
+    for name in names:
+        same_zone = d.timezone.is_(None) if name is None else d.timezone == name
+        conn.execute(
+            update(deliveries).where(d.campaign_id == campaign_id, same_zone).values(send_at=moment_in(name))
+        )
+    return len(names)
+
+
+def cancel_queued(conn: Connection, campaign_id: int, reason: str) -> None:
+    """The campaign was cancelled: every row still queued never goes, and says why."""
+    d = deliveries.c
+    conn.execute(
+        update(deliveries)
+        .where(d.campaign_id == campaign_id, d.status == DeliveryStatus.QUEUED)
+        .values(status=DeliveryStatus.CANCELLED, error=reason)
+    )
+
+
+def resolve_in_doubt(conn: Connection, campaign_id: int, *, resend: bool) -> int:
+    """The operator's decision on in-doubt rows: queue them again, or record them as sent."""
+    values = (
+        {"status": DeliveryStatus.QUEUED, "run_id": None, "claimed_at": None, "error": None}
+        if resend
+        else {"status": DeliveryStatus.SENT, "error": "marked sent by the operator (outcome unknown)"}
+    )
+    d = deliveries.c
+    result = conn.execute(
+        update(deliveries)
+        .where(d.campaign_id == campaign_id, d.status == DeliveryStatus.IN_DOUBT)
+        .values(**values)
+    )
+    return result.rowcount or 0
 
 
 def start_run(store: Store, campaign_id: int) -> str:
@@ -94,9 +158,12 @@ def mark_in_doubt(store: Store, campaign_id: int) -> int:
         ended = select(dispatch_runs.c.id).where(dispatch_runs.c.ended_at.is_not(None))
         result = conn.execute(
             update(deliveries)
-            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending")
+            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == DeliveryStatus.SENDING)
             .where(or_(deliveries.c.run_id.is_(None), deliveries.c.run_id.in_(ended)))
-            .values(status="in_doubt", error="the sending process stopped before recording the outcome")
+            .values(
+                status=DeliveryStatus.IN_DOUBT,
+                error="the sending process stopped before recording the outcome",
+            )
         )
         return result.rowcount or 0
 
@@ -119,7 +186,7 @@ def claim(
     now = now or utcnow()
     d, s = deliveries.c, subscribers.c
     due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
-    queued = [d.campaign_id == campaign_id, d.status == "queued", due]
+    queued = [d.campaign_id == campaign_id, d.status == DeliveryStatus.QUEUED, due]
     send_at = None
     with store.write() as conn:
         if ahead is not None:
@@ -140,15 +207,17 @@ def claim(
         not_allowed = conn.execute(
             select(d.id, s.status, suppressed.label("suppressed"))
             .select_from(deliveries.outerjoin(subscribers, s.id == d.subscriber_id))
-            .where(*mine, or_(s.id.is_(None), s.status != "active", suppressed))
+            .where(*mine, or_(s.id.is_(None), s.status != SubscriberStatus.ACTIVE, suppressed))
         ).all()
         skipped = {row.id: _skip_reason(row.status, bool(row.suppressed)) or "" for row in not_allowed}
         for reason, group in _grouped(skipped).items():
-            conn.execute(update(deliveries).where(d.id.in_(group)).values(status="skipped", error=reason))
+            conn.execute(
+                update(deliveries).where(d.id.in_(group)).values(status=DeliveryStatus.SKIPPED, error=reason)
+            )
         rows = conn.execute(
             update(deliveries)
             .where(*mine)
-            .values(status="sending", run_id=run_id, batch_id=batch_id, claimed_at=now)
+            .values(status=DeliveryStatus.SENDING, run_id=run_id, batch_id=batch_id, claimed_at=now)
             .returning(d.id, d.subscriber_id, d.email, d.name, d.timezone)
         ).all()
         conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == run_id).values(heartbeat_at=now))
@@ -163,7 +232,12 @@ def waiting(
     """How many queued rows (at most ``size``) a claim could take now: what the next batch must pace for."""
     d = deliveries.c
     due = or_(d.send_at.is_(None), d.send_at <= now + (ahead or dt.timedelta(0)))
-    rows = select(d.id).where(d.campaign_id == campaign_id, d.status == "queued", due).limit(size).subquery()
+    rows = (
+        select(d.id)
+        .where(d.campaign_id == campaign_id, d.status == DeliveryStatus.QUEUED, due)
+        .limit(size)
+        .subquery()
+    )
     with store.read() as conn:
         return int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
 
@@ -173,7 +247,7 @@ def _skip_reason(status: str | None, suppressed: bool) -> str | None:
         return "subscriber erased since the campaign started"
     if suppressed:
         return "address suppressed"
-    if status != "active":
+    if status != SubscriberStatus.ACTIVE:
         return f"subscriber {status} since the campaign started"
     return None
 
@@ -196,15 +270,17 @@ def record(store: Store, outcomes: list[Outcome], batch: tuple[int, str] | None 
         by_status.setdefault(outcome.status, []).append(outcome)
     counts: Counter[str] = Counter({status: len(group) for status, group in by_status.items()})
     d = deliveries.c
-    guarded = update(deliveries).where(d.id == bindparam("row_id"), d.status == "sending")
+    guarded = update(deliveries).where(d.id == bindparam("row_id"), d.status == DeliveryStatus.SENDING)
     message_ids = {o.message_id for o in outcomes}
     with store.write() as conn:
         if batch is not None and set(by_status) == {"sent"} and len(message_ids) == 1:
             campaign_id, batch_id = batch
             updated = conn.execute(
                 update(deliveries)
-                .where(d.campaign_id == campaign_id, d.status == "sending", d.batch_id == batch_id)
-                .values(status="sent", message_id=message_ids.pop(), error=None)
+                .where(
+                    d.campaign_id == campaign_id, d.status == DeliveryStatus.SENDING, d.batch_id == batch_id
+                )
+                .values(status=DeliveryStatus.SENT, message_id=message_ids.pop(), error=None)
             ).rowcount
             if updated == len(outcomes):
                 return counts
@@ -217,7 +293,9 @@ def record(store: Store, outcomes: list[Outcome], batch: tuple[int, str] | None 
 def _record_group(conn: Connection, guarded: Any, status: str, group: list[Outcome]) -> None:
     if status == "unsent":
         conn.execute(
-            guarded.values(status="queued", run_id=None, claimed_at=None, error=bindparam("reason")),
+            guarded.values(
+                status=DeliveryStatus.QUEUED, run_id=None, claimed_at=None, error=bindparam("reason")
+            ),
             [{"row_id": o.delivery_id, "reason": o.error} for o in group],
         )
         return
@@ -225,8 +303,11 @@ def _record_group(conn: Connection, guarded: Any, status: str, group: list[Outco
     if status == "sent" and len(shared_id) == 1:  # one API request: one message id for the whole batch
         conn.execute(
             update(deliveries)
-            .where(deliveries.c.id.in_([o.delivery_id for o in group]), deliveries.c.status == "sending")
-            .values(status="sent", message_id=shared_id.pop(), error=None)
+            .where(
+                deliveries.c.id.in_([o.delivery_id for o in group]),
+                deliveries.c.status == DeliveryStatus.SENDING,
+            )
+            .values(status=DeliveryStatus.SENT, message_id=shared_id.pop(), error=None)
         )
         return
     conn.execute(
@@ -242,3 +323,34 @@ def status_counts(conn: Connection, campaign_id: int) -> Counter[str]:
         .group_by(deliveries.c.status)
     ).all()
     return Counter({status: int(n) for status, n in rows})
+
+
+def unfinished(counts: Counter[str]) -> int:
+    """How many rows of these counts are still on their way (queued or sending)."""
+    return sum(counts[status] for status in UNFINISHED)
+
+
+def errors(conn: Connection, campaign_id: int) -> list[tuple[str, str, int]]:
+    """(status, reason, how many) for failed, skipped and in-doubt rows, most common first."""
+    d = deliveries.c
+    rows = conn.execute(
+        select(d.status, d.error, func.count())
+        .where(d.campaign_id == campaign_id, d.status.in_(NEEDS_A_LOOK))
+        .group_by(d.status, d.error)
+        .order_by(func.count().desc())
+    ).all()
+    return [(status, error or "", int(n)) for status, error, n in rows]
+
+
+def only_waiting(store: Store, campaign_id: int, horizon: dt.datetime) -> bool:
+    """True when every unsent row of the campaign waits for a time after ``horizon`` (nothing to
+    send and nothing to tidy up: no dispatch run need start for it now)."""
+    d = deliveries.c
+    mine = d.campaign_id == campaign_id
+    queued = exists().where(mine, d.status == DeliveryStatus.QUEUED)
+    due = exists().where(
+        mine, d.status == DeliveryStatus.QUEUED, or_(d.send_at.is_(None), d.send_at <= horizon)
+    )
+    sending = exists().where(mine, d.status == DeliveryStatus.SENDING)
+    with store.read() as conn:
+        return bool(conn.execute(select(queued & ~due & ~sending)).scalar())

@@ -25,21 +25,22 @@ from pipeline.audience.fields import parse_email
 from pipeline.audience.subscribers import set_status
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store, utcnow
+from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import campaigns, delivery_events, subscribers
 
 ACTOR = "webhook"
 STATUS_BY_KIND = {
-    "bounce": "bounced",
-    "spamreport": "complained",
-    "unsubscribe": "unsubscribed",
-    "group_unsubscribe": "unsubscribed",
+    "bounce": SubscriberStatus.BOUNCED,
+    "spamreport": SubscriberStatus.COMPLAINED,
+    "unsubscribe": SubscriberStatus.UNSUBSCRIBED,
+    "group_unsubscribe": SubscriberStatus.UNSUBSCRIBED,
 }
 """Events that say who must not be mailed again, and the status each one calls for."""
 STATUS_BY_DROP_REASON = {
-    "bounced address": "bounced",
-    "invalid": "bounced",
-    "spam reporting address": "complained",
-    "unsubscribed address": "unsubscribed",
+    "bounced address": SubscriberStatus.BOUNCED,
+    "invalid": SubscriberStatus.BOUNCED,
+    "spam reporting address": SubscriberStatus.COMPLAINED,
+    "unsubscribed address": SubscriberStatus.UNSUBSCRIBED,
 }
 """``dropped`` events whose reason is one of SendGrid's own suppression lists (lower-cased)."""
 BLOCKED = "blocked"

@@ -17,6 +17,7 @@ from pipeline.dispatch import campaigns
 from pipeline.errors import DispatchError
 from pipeline.settings import WebSettings
 from pipeline.store.engine import Store
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
 from pipeline.store.tables import deliveries, delivery_events
 
 BOUNCE_KINDS = ("bounce",)
@@ -49,7 +50,7 @@ def measure(store: Store, campaign_id: int) -> Health:
     d, e = deliveries.c, delivery_events.c
     with store.read() as conn:
         sent = conn.execute(
-            select(func.count()).where(d.campaign_id == campaign_id, d.status == "sent")
+            select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT)
         ).scalar_one()
         counted = conn.execute(
             select(e.kind, func.count())
@@ -83,7 +84,7 @@ def verdict(health: Health, limits: WebSettings) -> str | None:
 
 def enforce(store: Store, campaign_id: int, limits: WebSettings) -> str | None:
     """Pause the campaign if it is running and unhealthy; returns the reason when it paused it now."""
-    if campaigns.get_campaign(store, campaign_id).status != "running":
+    if campaigns.get_campaign(store, campaign_id).status != CampaignStatus.RUNNING:
         return None
     reason = verdict(measure(store, campaign_id), limits)
     if reason is None:

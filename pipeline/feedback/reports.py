@@ -18,7 +18,8 @@ from pipeline.audience.segments import Segment, resolve
 from pipeline.dispatch import campaigns
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store
-from pipeline.store.tables import STATUSES, deliveries, delivery_events, subscriber_events, subscribers
+from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
+from pipeline.store.tables import deliveries, delivery_events, subscriber_events, subscribers
 
 UNSUBSCRIBE_KINDS = ("unsubscribe", "group_unsubscribe")
 ALL = "all"
@@ -62,7 +63,7 @@ class CampaignStats:
 
 
 def _any_status(segment: Segment) -> Segment:
-    return Segment(segment.name, segment.rule.model_copy(update={"status": list(STATUSES)}))
+    return Segment(segment.name, segment.rule.model_copy(update={"status": list(SubscriberStatus)}))
 
 
 def _within(column: ColumnElement[int], segment: Segment | None) -> ColumnElement[bool]:
@@ -78,7 +79,7 @@ def _link_unsubscribes(campaign_id: int, segment: Segment | None) -> ColumnEleme
         exists()
         .where(
             later.c.subscriber_id == d.subscriber_id,
-            later.c.status == "sent",
+            later.c.status == DeliveryStatus.SENT,
             later.c.claimed_at > d.claimed_at,
             later.c.claimed_at <= ev.at,
         )
@@ -86,10 +87,10 @@ def _link_unsubscribes(campaign_id: int, segment: Segment | None) -> ColumnEleme
     )
     return exists().where(
         ev.subscriber_id == d.subscriber_id,
-        ev.to_status == "unsubscribed",
+        ev.to_status == SubscriberStatus.UNSUBSCRIBED,
         ev.at >= d.claimed_at,
         ~next_one,
-    ) & and_(d.campaign_id == campaign_id, d.status == "sent", _within(d.subscriber_id, segment))
+    ) & and_(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT, _within(d.subscriber_id, segment))
 
 
 def _segment_stats(store: Store, campaign_id: int, name: str, segment: Segment | None) -> SegmentStats:
@@ -97,7 +98,7 @@ def _segment_stats(store: Store, campaign_id: int, name: str, segment: Segment |
     mine = and_(e.campaign_id == campaign_id, _within(e.subscriber_id, segment))
     with store.read() as conn:
         recipients, sent = conn.execute(
-            select(func.count(), func.count().filter(d.status == "sent")).where(
+            select(func.count(), func.count().filter(d.status == DeliveryStatus.SENT)).where(
                 d.campaign_id == campaign_id, _within(d.subscriber_id, segment)
             )
         ).one()

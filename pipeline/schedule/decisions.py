@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import StoreError
 from pipeline.store.engine import Store
+from pipeline.store.statuses import CampaignStatus
 from pipeline.store.tables import campaigns, schedule_decisions
 
-UNFINISHED = ("scheduled", "running")
+UNFINISHED = (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)

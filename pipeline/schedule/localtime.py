@@ -13,11 +13,10 @@ import datetime as dt
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import exists, or_, select, update
 from sqlalchemy.engine import Connection
 
+from pipeline.dispatch import ledger
 from pipeline.settings import Settings
-from pipeline.store.tables import deliveries
 
 EARLIEST = dt.timezone(dt.timedelta(hours=14))
 """The time zone where a calendar day starts first (Pacific/Kiritimati)."""
@@ -69,29 +68,12 @@ def _known(name: str | None) -> bool:
 def fill_send_times(conn: Connection, campaign_id: int, day: dt.date, settings: Settings) -> int:
     """Give each ledger row of the campaign its recipient's local send time; returns the zones seen.
 
-    Subscribers without a (known) time zone get the schedule's. One UPDATE per distinct zone.
+    Subscribers without a (known) time zone get the schedule's.
     """
-    d = deliveries.c
     at = clock_time(settings.schedule.time)
     fallback = zone(schedule_zone(settings))
-    names = conn.execute(select(d.timezone).where(d.campaign_id == campaign_id).distinct()).scalars().all()
-    for name in names:
-        tz = zone(name) if name is not None and _known(name) else fallback
-        same_zone = d.timezone.is_(None) if name is None else d.timezone == name
-        conn.execute(
-            update(deliveries)
-            .where(d.campaign_id == campaign_id, same_zone)
-            .values(send_at=local_moment(day, at, tz))
-        )
-    return len(names)
 
+    def moment_in(name: str | None) -> dt.datetime:
+        return local_moment(day, at, zone(name) if name is not None and _known(name) else fallback)
 
-def only_waiting(conn: Connection, campaign_id: int, horizon: dt.datetime) -> bool:
-    """True when every unsent row of the campaign waits for a time after ``horizon`` (nothing to
-    send and nothing to tidy up: the scheduler need not start a dispatch run for it this tick)."""
-    d = deliveries.c
-    mine = d.campaign_id == campaign_id
-    queued = exists().where(mine, d.status == "queued")
-    due = exists().where(mine, d.status == "queued", or_(d.send_at.is_(None), d.send_at <= horizon))
-    sending = exists().where(mine, d.status == "sending")
-    return bool(conn.execute(select(queued & ~due & ~sending)).scalar())
+    return ledger.set_send_times(conn, campaign_id, moment_in)

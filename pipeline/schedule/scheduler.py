@@ -26,19 +26,19 @@ import schedule
 
 from pipeline.clock import Clock, SystemClock
 from pipeline.dispatch import campaigns
-from pipeline.dispatch.dispatcher import Dispatcher, RunReport
+from pipeline.dispatch.dispatcher import RunEnd, RunReport, run_campaign
 from pipeline.dispatch.plan import checked_issue
 from pipeline.errors import DispatchError, PipelineError
 from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
 from pipeline.schedule import decisions
 from pipeline.schedule.lease import Lease
-from pipeline.schedule.localtime import fill_send_times, only_waiting, schedule_zone, zone
-from pipeline.schedule.tickreport import Outcome, TickReport
+from pipeline.schedule.localtime import fill_send_times, schedule_zone, zone
+from pipeline.schedule.tickreport import IssueOutcome, TickReport
 from pipeline.schedule.timetable import Slot, Timetable
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
-from pipeline.transports import Transport, open_transport
+from pipeline.transports import Transport
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Scheduler:
         self.config = settings.schedule
         self.clock: Clock = clock or SystemClock()
         self.stop = stop or threading.Event()
-        self.transports = transports or partial(open_transport, settings)
+        self.transports = transports
         self.lease = Lease(store, self.config.lease_seconds, holder=holder)
         self.links = Links(settings, store.signer)
         self.timetable = Timetable(settings)
@@ -164,7 +164,7 @@ class Scheduler:
             self._reported.pop(slug, None)  # fixed: the next failure is news again
 
     def _fail(self, report: TickReport, slug: str, message: str) -> None:
-        report.outcomes.append(Outcome(slug, "failed", message))
+        report.outcomes.append(IssueOutcome(slug, "failed", message))
         if self._reported.get(slug) != message:  # once per new problem, not once a minute
             log.error("%s: %s", slug, message)
         self._reported[slug] = message
@@ -179,7 +179,7 @@ class Scheduler:
             )
             if decisions.decide(self.store, slot.slug, slot.due_at, "missed", now, detail):
                 log.warning("%s → %s: missed: %s", slot.slug, ", ".join(slot.segments), detail)
-                report.outcomes.append(Outcome(slot.slug, "missed", detail))
+                report.outcomes.append(IssueOutcome(slot.slug, "missed", detail))
             return
         if slot.problem:
             raise DispatchError(f"due {self._local(slot.due_at)} but cannot be sent: {slot.problem}")
@@ -188,7 +188,9 @@ class Scheduler:
         rendered = None if existing else checked_issue(slot.path, self.settings, self.links)[1]
         if decisions.decide(self.store, slot.slug, slot.due_at, "started", now):
             campaign = self._campaign(slot, rendered)
-            report.outcomes.append(Outcome(slot.slug, "started", f"campaign #{campaign.id}", campaign.id))
+            report.outcomes.append(
+                IssueOutcome(slot.slug, "started", f"campaign #{campaign.id}", campaign.id)
+            )
 
     def _campaign(self, slot: Slot, rendered: RenderedIssue | None) -> campaigns.Campaign:
         """The issue's campaign, created now (its audience frozen) unless it exists; linked to the decision."""
@@ -231,33 +233,24 @@ class Scheduler:
             campaign = self._campaign(slot, None)
         else:
             campaign = campaigns.get_campaign(self.store, decision.campaign_id)
-        transport = self.transports(campaign.transport)
-        try:
-            ahead = transport.send_ahead
-            now = self.clock.now()
-            with self.store.read() as conn:
-                waiting = only_waiting(conn, campaign.id, now + (ahead or dt.timedelta(0)))
-            if waiting:
-                report.outcomes.append(Outcome(slug, "waiting", "rows not yet due", campaign.id))
-                return
-            halt = _Halt(self.stop)
-            dispatcher = Dispatcher(
-                self.store,
-                self.settings,
-                transport,
-                self.links,
-                stop=halt,
-                on_progress=lambda _counts: self._keep_lease(halt),
-                now=self.clock.now,
-            )
-            run = dispatcher.run(campaign.id)
-        finally:
-            transport.close()
+        halt = _Halt(self.stop)
+        run = run_campaign(
+            self.store,
+            self.settings,
+            campaign.id,
+            transports=self.transports,
+            stop=halt,
+            on_progress=lambda _counts: self._keep_lease(halt),
+            now=self.clock.now,
+        )
+        if run.end is RunEnd.WAITING:
+            report.outcomes.append(IssueOutcome(slug, "waiting", "rows not yet due", campaign.id))
+            return
         fresh = any(o.slug == slug and o.action == "started" for o in report.outcomes)
         self._log_run(slug, campaign, run, "sent" if fresh else "resumed")
-        report.outcomes.append(Outcome(slug, "sent", run.campaign.status, campaign.id, run))
-        if run.stopped and run.stopped.startswith("transport unavailable"):
-            raise DispatchError(f"campaign #{campaign.id}: {run.stopped}")
+        report.outcomes.append(IssueOutcome(slug, "sent", run.campaign.status, campaign.id, run))
+        if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
+            raise DispatchError(f"campaign #{campaign.id}: {run.why}")
 
     def _keep_lease(self, halt: threading.Event) -> None:
         """After each batch: renew the lease now and then; if another instance took it, stop sending."""
@@ -272,7 +265,7 @@ class Scheduler:
 
     def _log_run(self, slug: str, campaign: campaigns.Campaign, run: RunReport, verb: str) -> None:
         done = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(run.counts.items()) if n)
-        how = f"stopped ({run.stopped})" if run.stopped else run.campaign.status
+        how = f"stopped ({run.why})" if run.stopped else run.campaign.status
         log.info("%s → campaign #%d %s: %s; %s", slug, campaign.id, verb, done or "nothing due", how)
         if run.found_in_doubt:
             log.warning(

@@ -21,10 +21,11 @@ from pipeline.schedule.localtime import clock_time, local_moment, schedule_zone,
 from pipeline.schedule.timetable import Slot, Timetable
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
 from pipeline.store.tables import deliveries
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-IN_PROGRESS = ("scheduled", "running", "paused")
+IN_PROGRESS = (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.PAUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +82,23 @@ def _campaign_states(store: Store, now: dt.datetime) -> list[CampaignState]:
         ahead: dict[int, int] = dict(
             conn.execute(
                 select(d.campaign_id, func.count())
-                .where(d.status == "sent", d.send_at > now)
+                .where(d.status == DeliveryStatus.SENT, d.send_at > now)
                 .group_by(d.campaign_id)
             ).all()
         )
     states = []
     for campaign, counts in campaigns.list_campaigns(store):
-        busy = campaign.status in IN_PROGRESS or counts["in_doubt"] or counts["sending"]
+        busy = (
+            campaign.status in IN_PROGRESS
+            or counts[DeliveryStatus.IN_DOUBT]
+            or counts[DeliveryStatus.SENDING]
+        )
         if not busy and not ahead.get(campaign.id):
             continue
         with store.read() as conn:
             waiting = conn.execute(
                 select(d.send_at, func.count())
-                .where(d.campaign_id == campaign.id, d.status == "queued", d.send_at > now)
+                .where(d.campaign_id == campaign.id, d.status == DeliveryStatus.QUEUED, d.send_at > now)
                 .group_by(d.send_at)
                 .order_by(d.send_at)
             ).all()

@@ -14,7 +14,7 @@ from pipeline.schedule.timetable import Slot
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class IssueOutcome:
     """What a tick did about one issue.
 
     ``started`` (decided and its campaign created), ``missed`` (decided: too late), ``sent`` (a
@@ -33,14 +33,14 @@ class TickReport:
     at: dt.datetime
     holder: LeaseState | None = None
     """Set when another instance holds the lease and this tick did nothing."""
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[IssueOutcome] = field(default_factory=list)
     next_slot: Slot | None = None
 
     @property
     def waiting_for_lease(self) -> bool:
         return self.holder is not None
 
-    def of(self, action: str) -> list[Outcome]:
+    def of(self, action: str) -> list[IssueOutcome]:
         return [o for o in self.outcomes if o.action == action]
 
     @property

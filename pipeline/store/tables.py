@@ -37,10 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
-STATUSES = ("unconfirmed", "active", "unsubscribed", "bounced", "complained")
-"""Subscription states; only ``active`` people are ever sent a newsletter."""
-LEFT_STATUSES = frozenset({"unsubscribed", "bounced", "complained"})
-"""States a person reached by leaving or failing; nothing automatic ever turns them back."""
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus, SubscriberStatus, one_of
 
 EMAIL_LENGTH = 320
 TAG_LENGTH = 100
@@ -102,7 +99,7 @@ subscribers = Table(
     Column("confirmed_at", UtcDateTime()),
     Column("unsubscribed_at", UtcDateTime()),
     Column("updated_at", UtcDateTime(), nullable=False),
-    CheckConstraint("status IN ('unconfirmed', 'active', 'unsubscribed', 'bounced', 'complained')", "status"),
+    CheckConstraint(one_of("status", SubscriberStatus), "status"),
     Index(None, "email_key", unique=True),
     Index(None, "address_hash"),
     Index(None, "status", "id"),
@@ -146,11 +143,6 @@ subscriber_events = Table(
 )
 
 
-CAMPAIGN_STATUSES = ("scheduled", "running", "paused", "finished", "cancelled")
-"""A campaign moves scheduled → running ⇄ paused → finished, or is cancelled before it finishes."""
-DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped", "in_doubt", "cancelled")
-"""One ledger row's state: every recipient of a campaign has exactly one row saying what happened."""
-
 campaigns = Table(
     "campaigns",
     metadata,
@@ -169,7 +161,7 @@ campaigns = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime()),
     Column("finished_at", UtcDateTime()),
-    CheckConstraint("status IN ('scheduled', 'running', 'paused', 'finished', 'cancelled')", "status"),
+    CheckConstraint(one_of("status", CampaignStatus), "status"),
     Index(None, "issue_slug", "segments", unique=True),
 )
 
@@ -190,9 +182,7 @@ deliveries = Table(
     Column("claimed_at", UtcDateTime()),
     Column("message_id", String(255)),
     Column("error", String(1000)),
-    CheckConstraint(
-        "status IN ('queued', 'sending', 'sent', 'failed', 'skipped', 'in_doubt', 'cancelled')", "status"
-    ),
+    CheckConstraint(one_of("status", DeliveryStatus), "status"),
     Index(None, "campaign_id", "subscriber_id", unique=True),
     Index(None, "campaign_id", "status", "id"),
 )

@@ -1,10 +1,18 @@
-"""Transports: how messages leave. ``outbox`` (files, the default), ``smtp`` and ``sendgrid``."""
+"""Transports: how messages leave. ``outbox`` (files, the default), ``smtp`` and ``sendgrid``.
+
+Which transports exist is ``pipeline.settings.TRANSPORTS``: the settings' choices, ``--transport``
+and ``open_transport`` all read that one table. Each class opens itself from the settings
+(``from_settings``), taking its secret from the environment.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import cast
+
 from pipeline.errors import SettingsError
-from pipeline.settings import Settings, secret
-from pipeline.transports.base import Batch, Envelope, Outcome, Transport
+from pipeline.settings import TRANSPORTS, Settings
+from pipeline.transports.base import Batch, Envelope, OpensFromSettings, Outcome, Transport
 
 __all__ = ["Batch", "Envelope", "Outcome", "Transport", "open_transport"]
 
@@ -12,19 +20,9 @@ __all__ = ["Batch", "Envelope", "Outcome", "Transport", "open_transport"]
 def open_transport(settings: Settings, name: str | None = None) -> Transport:
     """The transport called ``name`` (default: ``delivery.transport``), with its secret from the environment."""
     chosen = name or settings.delivery.transport
-    if chosen == "outbox":
-        from pipeline.transports.outbox import OutboxTransport
-
-        return OutboxTransport(settings.path(settings.delivery.outbox_dir))
-    if chosen == "smtp":
-        from pipeline.transports.smtp import SmtpTransport
-
-        return SmtpTransport(settings, secret("SMTP_PASSWORD"))
-    if chosen == "sendgrid":
-        from pipeline.transports.sendgrid import SendGridTransport
-
-        api_key = secret("SENDGRID_API_KEY")
-        if not api_key:
-            raise SettingsError("SENDGRID_API_KEY: not set (export it; it is never read from settings.toml)")
-        return SendGridTransport(settings, api_key)
-    raise SettingsError(f"delivery.transport: unknown transport '{chosen}' (outbox, smtp or sendgrid)")
+    if chosen not in TRANSPORTS:
+        known = ", ".join(TRANSPORTS)
+        raise SettingsError(f"delivery.transport: unknown transport '{chosen}' ({known})")
+    module, _, class_name = TRANSPORTS[chosen].partition(":")
+    transport_class = cast(OpensFromSettings, getattr(importlib.import_module(module), class_name))
+    return transport_class.from_settings(settings)

@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple, Protocol
 from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.message import MessageTemplate
 from pipeline.render.renderer import RenderedIssue
+from pipeline.settings import Settings
 
 OutcomeStatus = Literal["sent", "failed", "in_doubt", "unsent"]
 
@@ -70,6 +71,13 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class OpensFromSettings(Protocol):
+    """A transport class: it opens itself from the settings, its secret from the environment."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Transport: ...
 
 
 def all_outcomes(batch: Batch, status: OutcomeStatus, error: str | None = None) -> list[Outcome]:

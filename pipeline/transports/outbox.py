@@ -12,6 +12,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from pipeline.settings import Settings
 from pipeline.transports.base import Batch, Outcome, TransportStats, all_outcomes
 
 
@@ -24,6 +25,11 @@ class OutboxTransport:
     max_batch = 1000
     send_ahead: dt.timedelta | None = None
     concurrency = 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxTransport:
+        """Opened from ``settings``."""
+        return cls(settings.path(settings.delivery.outbox_dir))
 
     def __init__(self, directory: Path, *, fsync: bool = True) -> None:
         self.directory = directory

@@ -28,9 +28,10 @@ import orjson
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
+from pipeline.errors import SettingsError
 from pipeline.render.message import list_unsubscribe, static_list_headers
 from pipeline.render.renderer import PERSONAL_FIELDS
-from pipeline.settings import SendGridSettings, Settings
+from pipeline.settings import SendGridSettings, Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats, all_outcomes
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,14 @@ class SendGridTransport:
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
     send_ahead: dt.timedelta | None = SEND_AHEAD
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendGridTransport:
+        """Opened from ``settings``, with its secret from the environment."""
+        api_key = secret("SENDGRID_API_KEY")
+        if not api_key:
+            raise SettingsError("SENDGRID_API_KEY: not set (export it; it is never read from settings.toml)")
+        return cls(settings, api_key)
 
     def __init__(
         self,

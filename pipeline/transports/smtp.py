@@ -15,7 +15,7 @@ import smtplib
 import ssl
 
 from pipeline.errors import SettingsError
-from pipeline.settings import Settings
+from pipeline.settings import Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ class SmtpTransport:
     name = "smtp"
     max_batch = 1000
     send_ahead: dt.timedelta | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpTransport:
+        """Opened from ``settings``, with its secret from the environment."""
+        return cls(settings, secret("SMTP_PASSWORD"))
 
     def __init__(self, settings: Settings, password: str | None) -> None:
         self.config = settings.smtp

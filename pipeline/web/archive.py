@@ -11,23 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
-from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from pipeline.dispatch import campaigns
+from pipeline.dispatch.campaigns import PublishedIssue
 from pipeline.render.links import archive_url
 from pipeline.render.renderer import SplitTemplate
-from pipeline.store.engine import Store
-from pipeline.store.tables import campaigns
 from pipeline.web.context import WebContext, web
 from pipeline.web.security import ARCHIVE_CSP
 
-PUBLISHED = ("running", "paused", "finished")
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 REMOTE_CSS = re.compile(
     r"<link\b[^>]*\bhref=\"https?://[^\"]*\"[^>]*>|@import\s+url\(\s*[\"']?https?://[^)]*\)\s*;?", re.I
@@ -35,45 +32,6 @@ REMOTE_CSS = re.compile(
 """MJML links web fonts (Google Fonts); the archive does not make every reader's browser call Google."""
 ATOM = "http://www.w3.org/2005/Atom"
 MAX_AGE = 300
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    slug: str
-    subject: str
-    preheader: str
-    started_at: dt.datetime
-
-    @property
-    def day(self) -> dt.date:
-        """The issue's date from its file name (YYYY-MM-DD-…), else the day it went out."""
-        try:
-            return dt.date.fromisoformat(self.slug[:10])
-        except ValueError:
-            return self.started_at.date()
-
-
-def published(store: Store) -> list[Entry]:
-    """One entry per issue that has gone out (its first campaign), newest issue first."""
-    c = campaigns.c
-    query = (
-        select(c.issue_slug, c.subject, c.preheader, c.started_at)
-        .where(c.status.in_(PUBLISHED), c.started_at.is_not(None))
-        .order_by(c.id)
-    )
-    entries: dict[str, Entry] = {}
-    with store.read() as conn:
-        for slug, subject, preheader, started_at in conn.execute(query):
-            entries.setdefault(slug, Entry(slug, subject, preheader, started_at))
-    return sorted(entries.values(), key=lambda e: (e.day, e.started_at), reverse=True)
-
-
-def issue_html(store: Store, slug: str) -> str | None:
-    """The stored HTML of the issue's first published campaign, or None if it has not gone out."""
-    c = campaigns.c
-    query = select(c.html).where(c.issue_slug == slug, c.status.in_(PUBLISHED)).order_by(c.id).limit(1)
-    with store.read() as conn:
-        return conn.execute(query).scalar_one_or_none()
 
 
 def neutral_fields(ctx: WebContext) -> dict[str, str]:
@@ -90,7 +48,7 @@ def neutral_fields(ctx: WebContext) -> dict[str, str]:
 
 async def index(request: Request) -> Response:
     ctx = web(request)
-    entries = await run_in_threadpool(published, ctx.store)
+    entries = await run_in_threadpool(campaigns.published, ctx.store)
     response = ctx.pages.render("archive.html.j2", title="Past issues", entries=entries)
     response.headers["Cache-Control"] = f"public, max-age={MAX_AGE}"
     return response
@@ -99,7 +57,7 @@ async def index(request: Request) -> Response:
 async def issue(request: Request) -> Response:
     ctx = web(request)
     slug = request.path_params["slug"]
-    stored = await run_in_threadpool(issue_html, ctx.store, slug) if SLUG.match(slug) else None
+    stored = await run_in_threadpool(campaigns.published_html, ctx.store, slug) if SLUG.match(slug) else None
     if stored is None:
         return ctx.pages.message(
             "No such issue", "It may not have gone out yet.", status=404, links=(("All issues", "./"),)
@@ -109,7 +67,7 @@ async def issue(request: Request) -> Response:
     return HTMLResponse(page, headers=headers)
 
 
-def atom(ctx: WebContext, entries: list[Entry]) -> bytes:
+def atom(ctx: WebContext, entries: list[PublishedIssue]) -> bytes:
     base = f"{ctx.base_url}/archive/"
     feed = ET.Element("feed", xmlns=ATOM)
     ET.SubElement(feed, "title").text = ctx.settings.newsletter.name
@@ -133,7 +91,7 @@ def atom(ctx: WebContext, entries: list[Entry]) -> bytes:
 
 async def feed(request: Request) -> Response:
     ctx = web(request)
-    entries = await run_in_threadpool(published, ctx.store)
+    entries = await run_in_threadpool(campaigns.published, ctx.store)
     return Response(
         atom(ctx, entries),
         media_type="application/atom+xml; charset=utf-8",

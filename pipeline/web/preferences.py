@@ -17,6 +17,7 @@ from pipeline.audience.profile import clean_name, update_profile
 from pipeline.audience.subscribers import Subscriber, find_subscriber, set_status, unsubscribe
 from pipeline.errors import AudienceError
 from pipeline.render.links import PREFERENCES
+from pipeline.store.statuses import SubscriberStatus
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
 from pipeline.web.security import BodyTooLarge, read_form
@@ -93,9 +94,9 @@ def _apply(ctx: WebContext, subscriber_id: int, form: FormData) -> str:
         return "unsubscribed" if unsubscribe(ctx.store, subscriber_id, actor=ACTOR) else "unchanged"
     if action == "resubscribe":
         current = find_subscriber(ctx.store, subscriber_id)
-        if current is None or current.status not in ("unsubscribed", "bounced"):
+        if current is None or current.status not in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED):
             raise AudienceError("only someone who unsubscribed or bounced can subscribe again here")
-        set_status(ctx.store, subscriber_id, "active", actor=ACTOR, resubscribe=True)
+        set_status(ctx.store, subscriber_id, SubscriberStatus.ACTIVE, actor=ACTOR, resubscribe=True)
         return "resubscribed"
     raise AudienceError("unknown action")
 

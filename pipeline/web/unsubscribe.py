@@ -16,7 +16,7 @@ from starlette.routing import Route
 from pipeline.audience.subscribers import Subscriber, find_subscriber, unsubscribe
 from pipeline.errors import AudienceError
 from pipeline.render.links import PREFERENCES, UNSUBSCRIBE
-from pipeline.store.tables import LEFT_STATUSES
+from pipeline.store.statuses import LEFT, SubscriberStatus
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import mask_email
 from pipeline.web.security import BodyTooLarge, read_form
@@ -27,9 +27,9 @@ ACTOR = "unsubscribe-link"
 def _page(ctx: WebContext, token: str, subscriber: Subscriber, *, just_left: bool = False) -> Response:
     state = (
         "complained"
-        if subscriber.status == "complained"
+        if subscriber.status == SubscriberStatus.COMPLAINED
         else "done"
-        if just_left or subscriber.status in LEFT_STATUSES
+        if just_left or subscriber.status in LEFT
         else "ask"
     )
     title = {"ask": "Unsubscribe?", "done": "You are unsubscribed", "complained": "You are unsubscribed"}

@@ -1,0 +1,51 @@
+"""The states a subscriber, a campaign and a ledger row can be in: one ``StrEnum`` each.
+
+Code compares with these members and the tables' ``CHECK`` constraints are written from them, so a
+state added here is a state the database accepts (after a migration) and no other string is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SubscriberStatus(StrEnum):
+    """Subscription states; only ``active`` people are ever sent a newsletter."""
+
+    UNCONFIRMED = "unconfirmed"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+LEFT = frozenset({SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED})
+"""States a person reached by leaving or failing; nothing automatic ever turns them back."""
+
+
+class CampaignStatus(StrEnum):
+    """``scheduled → running ⇄ paused → finished``, or ``cancelled`` before it finishes."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    """One recipient of one campaign: ``queued → sending → sent | failed | in_doubt``, or ``skipped``
+    (no longer allowed when claimed) or ``cancelled`` (the campaign was)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    IN_DOUBT = "in_doubt"
+    CANCELLED = "cancelled"
+
+
+def one_of(column: str, states: type[StrEnum]) -> str:
+    """The SQL of a CHECK that ``column`` holds one of ``states``: ``status IN ('a', 'b')``."""
+    return f"{column} IN ({', '.join(repr(str(s)) for s in states)})"
