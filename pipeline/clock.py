@@ -1,7 +1,7 @@
 """Time as the scheduler sees it, injected, so a year of weekly issues can be simulated in milliseconds.
 
 The scheduler asks its clock what time it is and waits on it; nothing in it reads the system time
-directly. ``SystemClock`` is the real one; ``ManualClock`` only moves when told to (tests, dry runs).
+directly. ``SystemClock`` is the real one; the tests' ``ManualClock`` only moves when told to.
 """
 
 from __future__ import annotations
@@ -29,36 +29,3 @@ class SystemClock:
 
     def wait(self, seconds: float, stop: threading.Event) -> bool:
         return stop.wait(max(0.0, seconds))
-
-
-class ManualClock:
-    """A clock that stands still until ``advance`` or ``set`` moves it; ``wait`` moves it at once."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self._now = _aware(start)
-        self._lock = threading.Lock()
-
-    def now(self) -> dt.datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, moment: dt.datetime) -> None:
-        with self._lock:
-            self._now = _aware(moment)
-
-    def advance(self, delta: dt.timedelta | float) -> dt.datetime:
-        step = delta if isinstance(delta, dt.timedelta) else dt.timedelta(seconds=delta)
-        with self._lock:
-            self._now += step
-            return self._now
-
-    def wait(self, seconds: float, stop: threading.Event) -> bool:
-        if not stop.is_set():
-            self.advance(max(0.0, seconds))
-        return stop.is_set()
-
-
-def _aware(moment: dt.datetime) -> dt.datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: clocks keep timezone-aware UTC")
-    return moment.astimezone(dt.UTC)

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.store",
     "tests.fixtures.smtp",
     "tests.fixtures.browser",
+    "tests.fixtures.web",
 ]
 
 

@@ -16,8 +16,8 @@ from pipeline.render.links import Links
 from pipeline.render.renderer import Renderer, personalise
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 SIGNING_KEY = b"golden-files: a fixed key that never signs a real link"
 RECIPIENT = Recipient(subscriber_id=4217, email="sam.rivera@example.com", name="Sam Rivera")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import Signals
 from typing import Any
 
 SECRET_KEY = "crash-test-signing-key-0123456789abcdef"
@@ -251,10 +252,10 @@ class Process:
             self.popen.wait()
             raise AssertionError(f"still running after {timeout:.0f} s; killed.\n{self.describe()}") from None
 
-    def signal(self, signum: signal.Signals) -> None:
+    def signal(self, signum: Signals) -> None:
         self.popen.send_signal(signum)
 
-    def signal_all(self, signum: signal.Signals) -> int:
+    def signal_all(self, signum: Signals) -> int:
         """Signal this process and every process under it, as systemd stops a service (its whole
         control group); returns how many processes got it."""
         children: dict[int, list[int]] = {}

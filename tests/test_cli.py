@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from pipeline import __version__
 from pipeline.cli import cli
+from tests.fixtures.project import cli_invoker
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FIRST = "2026-12-01-name-it-to-tame-it.yaml"
 SAMPLES = len(list((REPO / "issues").glob("*.yaml")))
 SUMMARY_OK = f"{SAMPLES} files checked: 0 error(s), 0 warning(s)"
@@ -30,7 +31,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(project: Path, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--settings", str(project / "settings.toml"), *args])
+    """`newsletter --settings <the project copy's> ARGS`; each test asserts the exit status it expects."""
+    return cli_invoker(project / "settings.toml")(*args, expect=None)
 
 
 def lines(result: Result) -> list[str]:
@@ -288,7 +290,7 @@ COMMAND_IDS = [" ".join(path) or "newsletter" for path, _ in COMMANDS]
 def test_every_command_has_help(path: tuple[str, ...], command: click.Command) -> None:
     assert (command.help or "").strip(), f"`newsletter {' '.join(path)}` has no help text"
 
-    result = CliRunner().invoke(cli, [*path, "--help"])
+    result = cli_invoker()(*path, "--help", expect=None)
 
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Usage: ")
@@ -307,14 +309,14 @@ def test_every_option_has_help(path: tuple[str, ...], command: click.Command) ->
 
 
 def test_short_help_option(project: Path) -> None:
-    result = CliRunner().invoke(cli, ["check", "-h"])
+    result = cli_invoker()("check", "-h", expect=None)
 
     assert result.exit_code == 0
     assert "--strict" in result.output
 
 
 def test_version() -> None:
-    result = CliRunner().invoke(cli, ["--version"])
+    result = cli_invoker()("--version", expect=None)
 
     assert result.exit_code == 0
     assert __version__ in result.output
@@ -354,7 +356,7 @@ def test_unknown_settings_key_is_a_clean_error_naming_it(project: Path) -> None:
 
 
 def test_missing_settings_file_is_a_clean_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["--settings", str(tmp_path / "nope.toml"), "check"])
+    result = cli_invoker(tmp_path / "nope.toml")("check", expect=None)
 
     assert result.exit_code == 1
     assert "Traceback" not in result.output
@@ -365,7 +367,7 @@ def test_error_messages_are_printed_verbatim(tmp_path: Path) -> None:
     """Paths and keys with square brackets must not be taken for console markup."""
     missing = tmp_path / "[old]" / "settings.toml"
 
-    result = CliRunner().invoke(cli, ["--settings", str(missing), "check"])
+    result = cli_invoker(missing)("check", expect=None)
 
     assert result.exit_code == 1
     assert str(missing) in result.output.replace("\n", "")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.content.issue import IssueFile, issue_paths, load_issue, newest_issue, parse_issue
+from pipeline.content.issue import IssueFile, issue_paths, load_issue, parse_issue
 from pipeline.errors import ContentError, Problem, Severity
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((REPO / "issues").glob("*.yaml"))
 MALFORMED = sorted((Path(__file__).parent / "data" / "malformed").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+):(\d+) (\S+) (.+)$", re.MULTILINE)
@@ -196,15 +196,3 @@ def test_issue_paths_expands_folders_sorted_and_defaults_to_issues_dir(tmp_path:
         folder / "2026-12-08-b.yaml",
         single,
     ]
-
-
-def test_newest_issue_is_the_latest_date_in_a_name(tmp_path: Path) -> None:
-    for name in ("2026-12-08-b.yaml", "2026-12-29-c.yaml", "draft.yaml", "2026-12-01-a.yaml"):
-        (tmp_path / name).write_text("x", encoding="utf-8")
-
-    assert newest_issue(tmp_path) == tmp_path / "2026-12-29-c.yaml"
-
-
-def test_newest_issue_in_empty_folder_is_a_content_error(tmp_path: Path) -> None:
-    with pytest.raises(ContentError, match="no issue files"):
-        newest_issue(tmp_path)

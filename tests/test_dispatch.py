@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections import Counter
 from multiprocessing import forkserver
@@ -11,38 +10,29 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from pipeline.audience.importer import import_csv
 from pipeline.audience.subscribers import add_subscriber, unsubscribe
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns, ledger
-from pipeline.dispatch.dispatcher import Dispatcher
 from pipeline.dispatch.ratelimit import RateLimiter
 from pipeline.render.links import Links
 from pipeline.render.renderer import render
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.store.tables import deliveries, dispatch_runs
-from pipeline.transports.outbox import OutboxTransport
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 from tests.emulators.sendgrid import Fault, SendGridEmulator
-from tests.fixtures.smtp import SmtpServer, free_port
-from tests.transport_helpers import ISSUE, new_campaign
-
-
-def people(n: int) -> list[str]:
-    return [f"reader{i:04d}@example.com" for i in range(n)]
+from tests.fixtures.smtp import SmtpServer
+from tests.mail import outbox_transport
+from tests.system import dead_pid, free_port
+from tests.transport_helpers import ISSUE, dispatcher, new_campaign
+from tests.web_support import readers
 
 
 @pytest.fixture
 def audience(store: Store, tmp_path: Path) -> list[str]:
-    emails = people(60)
-    csv = tmp_path / "people.csv"
-    csv.write_text(
-        "email,name,tags\n" + "".join(f"{e},Reader {i},working-mom\n" for i, e in enumerate(emails))
-    )
-    import_csv(store, csv)
-    return emails
+    """Sixty active working moms, every campaign's audience here; their addresses."""
+    return readers(store, tmp_path, 60, tags="working-mom")
 
 
 @pytest.fixture
@@ -50,21 +40,6 @@ def fast(settings: Settings) -> Settings:
     """Small batches so a 60-person campaign takes several claims."""
     delivery = settings.delivery.model_copy(update={"batch_size": 7, "rate_per_second": 1e6})
     return settings.model_copy(update={"delivery": delivery})
-
-
-def dispatcher(store: Store, settings: Settings, transport: object, **kwargs: object) -> Dispatcher:
-    return Dispatcher(
-        store,
-        settings,
-        transport,
-        Links(settings, store.signer),  # type: ignore[arg-type]
-        limiter=RateLimiter(1e6),
-        **kwargs,
-    )  # type: ignore[arg-type]
-
-
-def outbox(settings: Settings) -> OutboxTransport:
-    return OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
 
 
 def ledger_rows(store: Store, campaign_id: int) -> dict[str, str]:
@@ -75,8 +50,9 @@ def ledger_rows(store: Store, campaign_id: int) -> dict[str, str]:
         return {email: status for email, status in rows}
 
 
-def delivered(settings: Settings, campaign: campaigns.Campaign) -> Counter[str]:
-    folder = outbox(settings).folder(campaign.id, campaign.issue_slug)
+def delivered_in(settings: Settings, campaign: campaigns.Campaign) -> Counter[str]:
+    """The addresses in ``campaign``'s outbox folder, counted: more than 1 is a resend."""
+    folder = outbox_transport(settings).folder(campaign.id, campaign.issue_slug)
     return Counter(path.name.split("-", 1)[1].removesuffix(".eml") for path in folder.glob("*.eml"))
 
 
@@ -97,14 +73,14 @@ def test_a_campaign_reaches_everyone_once_and_a_second_run_sends_nothing(
     store: Store, fast: Settings, audience: list[str]
 ) -> None:
     campaign = new_campaign(store, fast)
-    report = dispatcher(store, fast, outbox(fast)).run(campaign.id)
+    report = dispatcher(store, fast, outbox_transport(fast)).run(campaign.id)
 
     assert report.counts == {"sent": 60}
     assert report.campaign.status == "finished"
-    assert delivered(fast, campaign) == Counter(audience)
+    assert delivered_in(fast, campaign) == Counter(audience)
     with pytest.raises(Exception, match="finished, not running"):
-        dispatcher(store, fast, outbox(fast)).run(campaign.id)
-    assert delivered(fast, campaign) == Counter(audience)
+        dispatcher(store, fast, outbox_transport(fast)).run(campaign.id)
+    assert delivered_in(fast, campaign) == Counter(audience)
 
 
 def test_an_unsubscribe_during_the_campaign_is_honoured_at_the_next_claim(
@@ -119,10 +95,10 @@ def test_an_unsubscribe_during_the_campaign_is_honoured_at_the_next_claim(
             done.set()
             unsubscribe(store, leaver, actor="test")
 
-    report = dispatcher(store, fast, outbox(fast), on_progress=unsubscribe_once).run(campaign.id)
+    report = dispatcher(store, fast, outbox_transport(fast), on_progress=unsubscribe_once).run(campaign.id)
 
     assert report.counts == {"sent": 59, "skipped": 1}
-    assert leaver not in delivered(fast, campaign)
+    assert leaver not in delivered_in(fast, campaign)
     with store.read() as conn:
         error = conn.execute(select(deliveries.c.error).where(deliveries.c.email == leaver)).scalar_one()
     assert "unsubscribed" in error
@@ -135,21 +111,21 @@ def test_rows_a_dead_process_left_sending_are_in_doubt_never_resent_silently(
     crashed = ledger.start_run(store, campaign.id)
     claim = ledger.claim(store, campaign.id, crashed, 7)  # marked sending, then the process "died"
     with store.write() as conn:
-        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == crashed).values(pid=_dead_pid()))
+        conn.execute(update(dispatch_runs).where(dispatch_runs.c.id == crashed).values(pid=dead_pid()))
 
-    report = dispatcher(store, fast, outbox(fast)).run(campaign.id)
+    report = dispatcher(store, fast, outbox_transport(fast)).run(campaign.id)
 
     doubtful = {email for _, _, email, _, _ in claim.rows}
     assert report.found_in_doubt == 7
     assert report.counts == {"sent": 53}
-    assert not doubtful & set(delivered(fast, campaign))
+    assert not doubtful & set(delivered_in(fast, campaign))
     assert campaigns.report(store, campaign.id).counts["in_doubt"] == 7
     assert report.campaign.status == "finished"
 
     assert campaigns.resolve_in_doubt(store, campaign.id, resend=True) == 7
     assert campaigns.get_campaign(store, campaign.id).status == "running"
-    dispatcher(store, fast, outbox(fast)).run(campaign.id)
-    assert delivered(fast, campaign) == Counter(audience)
+    dispatcher(store, fast, outbox_transport(fast)).run(campaign.id)
+    assert delivered_in(fast, campaign) == Counter(audience)
 
 
 def test_mark_sent_resolves_in_doubt_rows_without_sending(
@@ -159,12 +135,12 @@ def test_mark_sent_resolves_in_doubt_rows_without_sending(
     crashed = ledger.start_run(store, campaign.id)
     ledger.claim(store, campaign.id, crashed, 5)
     ledger.end_run(store, crashed)
-    dispatcher(store, fast, outbox(fast)).run(campaign.id)
+    dispatcher(store, fast, outbox_transport(fast)).run(campaign.id)
 
     assert campaigns.resolve_in_doubt(store, campaign.id, resend=False) == 5
     counts = campaigns.report(store, campaign.id).counts
     assert counts == {"sent": 60}
-    assert sum(delivered(fast, campaign).values()) == 55
+    assert sum(delivered_in(fast, campaign).values()) == 55
 
 
 def test_pause_stops_after_the_batch_in_flight_and_resume_finishes(
@@ -176,13 +152,15 @@ def test_pause_stops_after_the_batch_in_flight_and_resume_finishes(
         if counts["sent"] and campaigns.get_campaign(store, campaign.id).status == "running":
             campaigns.change_status(store, campaign.id, "pause", "test")
 
-    report = dispatcher(store, fast, outbox(fast), on_progress=pause_after_first_batch).run(campaign.id)
-    assert report.stopped == "paused"
+    report = dispatcher(store, fast, outbox_transport(fast), on_progress=pause_after_first_batch).run(
+        campaign.id
+    )
+    assert report.end == "paused"
     assert report.counts["sent"] == 7
 
     campaigns.change_status(store, campaign.id, "resume")
-    assert dispatcher(store, fast, outbox(fast)).run(campaign.id).campaign.status == "finished"
-    assert delivered(fast, campaign) == Counter(audience)
+    assert dispatcher(store, fast, outbox_transport(fast)).run(campaign.id).campaign.status == "finished"
+    assert delivered_in(fast, campaign) == Counter(audience)
 
 
 def test_cancel_marks_what_was_still_queued(store: Store, fast: Settings, audience: list[str]) -> None:
@@ -201,17 +179,19 @@ def test_stop_event_finishes_in_flight_batches_and_leaves_nothing_sending(
     settings = fast.model_copy(update={"delivery": fast.delivery.model_copy(update={"processes": processes})})
     campaign = new_campaign(store, settings)
     stop = threading.Event()
-    report = dispatcher(store, settings, outbox(settings), stop=stop, on_progress=lambda _: stop.set()).run(
-        campaign.id
-    )
+    report = dispatcher(
+        store, settings, outbox_transport(settings), stop=stop, on_progress=lambda _: stop.set()
+    ).run(campaign.id)
 
-    assert report.stopped == "interrupted"
+    assert report.end == "interrupted"
     counts = campaigns.report(store, campaign.id).counts
     assert counts["sending"] == 0 and counts["in_doubt"] == 0
     assert counts["sent"] == report.counts["sent"] > 0
     assert counts["sent"] < 60
-    assert dispatcher(store, settings, outbox(settings)).run(campaign.id).campaign.status == "finished"
-    assert delivered(settings, campaign) == Counter(audience)
+    assert (
+        dispatcher(store, settings, outbox_transport(settings)).run(campaign.id).campaign.status == "finished"
+    )
+    assert delivered_in(settings, campaign) == Counter(audience)
 
 
 def test_an_unreachable_smtp_server_returns_rows_to_the_queue(
@@ -224,7 +204,7 @@ def test_an_unreachable_smtp_server_returns_rows_to_the_queue(
     report = dispatcher(store, fast, SmtpTransport(fast.model_copy(update={"smtp": down}), None)).run(
         campaign.id
     )
-    assert report.stopped and report.stopped.startswith("transport unavailable")
+    assert report.end == "transport unavailable" and report.detail
     assert set(ledger_rows(store, campaign.id).values()) == {"queued"}
 
     up = down.model_copy(update={"port": smtp_server.port})
@@ -267,13 +247,6 @@ def test_two_workers_on_one_campaign_never_send_anyone_twice(
     assert campaigns.finish_if_done(store, campaign.id).status == "finished"
 
 
-def _dead_pid() -> int:
-    """A process id that is not running (a child that has exited and been reaped)."""
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
 def test_the_pace_is_paid_only_for_rows_that_are_waiting(
     store: Store, fast: Settings, audience: list[str]
 ) -> None:
@@ -283,9 +256,7 @@ def test_the_pace_is_paid_only_for_rows_that_are_waiting(
         10.0, burst=7, clock=lambda: elapsed[0], sleep=lambda s: elapsed.__setitem__(0, elapsed[0] + s)
     )
     campaign = new_campaign(store, fast)
-    report = Dispatcher(store, fast, outbox(fast), Links(fast, store.signer), limiter=limiter).run(
-        campaign.id
-    )
+    report = dispatcher(store, fast, outbox_transport(fast), limiter=limiter).run(campaign.id)
     assert report.counts == {"sent": 60}
     assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
 
@@ -303,11 +274,9 @@ def test_a_stop_that_lands_while_a_claim_waits_for_the_pace_is_reported_as_inter
 
     limiter = RateLimiter(10.0, burst=7, clock=lambda: elapsed[0], sleep=signal_while_pacing)
     campaign = new_campaign(store, fast)
-    report = Dispatcher(store, fast, outbox(fast), Links(fast, store.signer), limiter=limiter, stop=stop).run(
-        campaign.id
-    )
+    report = dispatcher(store, fast, outbox_transport(fast), limiter=limiter, stop=stop).run(campaign.id)
 
-    assert report.stopped == "interrupted"
+    assert report.end == "interrupted"
     assert report.counts == {"sent": 7}, "the burst went; the paced claim did not"
     assert campaigns.report(store, campaign.id).counts == {"sent": 7, "queued": 53}
 

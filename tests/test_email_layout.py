@@ -19,8 +19,8 @@ from pipeline.render.renderer import personalise, render
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 from tests import golden
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SLUGS = sorted(path.stem for path in (REPO / "issues").glob("*.yaml"))
 PHONE, DESKTOP = 375, 800
 MIN_CONTRAST = 4.5

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from pipeline.cli import cli
 from pipeline.cli.context import console
 from pipeline.dispatch import campaigns
 from pipeline.feedback import health
@@ -17,6 +15,8 @@ from pipeline.settings import Settings, WebSettings
 from pipeline.store.engine import Store, open_store
 from pipeline.web import create_app
 from tests.emulators.sendgrid_events import EventKey, event, post_events
+from tests.fixtures.project import cli_invoker
+from tests.fixtures.web import OpenClient
 from tests.transport_helpers import new_campaign
 from tests.web_support import mark_sent, readers, send_everything, web_settings
 
@@ -49,19 +49,15 @@ def test_the_reason_names_the_rate_the_counts_and_the_limit() -> None:
 
 
 @pytest.fixture
-def key() -> EventKey:
-    return EventKey()
-
-
-@pytest.fixture
 def guarded(settings: Settings, key: EventKey) -> Settings:
+    """Limits low enough for a few dozen readers to pass them, and the webhook trusting ``key``."""
     return web_settings(settings, key, health_min_sent=20, bounce_rate_limit=0.1, complaint_rate_limit=0.05)
 
 
 @pytest.fixture
-def client(guarded: Settings, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(guarded, store)) as client:
-        yield client
+def app(guarded: Settings, store: Store) -> Starlette:
+    """The webhook the bounces arrive at, with the ``guarded`` limits."""
+    return create_app(guarded, store)
 
 
 def bounces(campaign_id: int, sent: list[tuple[int, int]], kind: str = "bounce") -> list[dict[str, object]]:
@@ -124,18 +120,22 @@ def test_too_few_sent_to_judge_and_campaigns_not_running_are_left_alone(
 
 
 def test_campaigns_show_tells_why_it_paused(
-    guarded: Settings, key: EventKey, project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    guarded: Settings,
+    key: EventKey,
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    open_client: OpenClient,
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k" * 40)
     monkeypatch.setattr(console, "width", 200)
-    with open_store(guarded) as store, TestClient(create_app(guarded, store)) as client:
+    with open_store(guarded) as store:  # the project's own store: the command below reads it
+        client = open_client(create_app(guarded, store))
         readers(store, tmp_path, 30)
         campaign = new_campaign(store, guarded)
         post_events(client, bounces(campaign.id, mark_sent(store, campaign.id, 20)[:5]), key)
 
-    result = CliRunner().invoke(
-        cli, ["--settings", str(project / "settings.toml"), "campaigns", "show", str(campaign.id)]
-    )
+    result = cli_invoker(project / "settings.toml")("campaigns", "show", str(campaign.id), expect=None)
 
     assert result.exit_code == 0, result.output
     assert "status: paused (paused automatically: bounce rate 25 % (5 of 20 sent)" in result.output

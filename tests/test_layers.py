@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+from tests.paths import REPO
+
+PACKAGE = REPO / "pipeline"
 
 RANK = {
     "": 0,  # errors, settings, validation, tokens, clock

@@ -15,18 +15,18 @@ from typing import TypeVar
 
 import pytest
 
-from pipeline.clock import ManualClock
 from pipeline.dispatch import campaigns
 from pipeline.schedule.lease import Lease, read_lease
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, connect
 from tests.fixtures.store import TEST_KEY
-from tests.test_scheduler import (
+from tests.mail import delivered
+from tests.scheduling import (
     AUDIENCE,
+    ManualClock,
     at_seven,
-    delivered,
     issues_dir,
-    readers,
+    readers_in_zones,
     scheduler,
     tuned,
     write_issue,
@@ -128,7 +128,7 @@ def test_two_schedulers_racing_exactly_one_acts_and_everyone_gets_the_issue_once
 ) -> None:
     issues_dir(settings)
     weekly = tuned(settings, timezone="America/New_York")
-    emails = readers(stores[0], AUDIENCE)
+    emails = readers_in_zones(stores[0], AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)))
     first, second = scheduler(stores[0], weekly, clock), scheduler(stores[1], weekly, clock)
@@ -153,7 +153,7 @@ def test_a_waiting_scheduler_takes_over_when_the_holder_dies(
 ) -> None:
     issues_dir(settings)
     weekly = tuned(settings, timezone="America/New_York", lease_seconds=300)
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     due = at_seven(dt.date(2027, 1, 5))
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     clock = ManualClock(due - dt.timedelta(minutes=2))

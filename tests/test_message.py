@@ -7,16 +7,14 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
-from pathlib import Path
 from typing import cast
 
 import pytest
 
-from pipeline.content.issue import load_issue
 from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate, list_id
-from pipeline.render.renderer import RenderedIssue, personalise, render
+from pipeline.render.renderer import RenderedIssue, personalise
 from pipeline.settings import Settings
 from pipeline.tokens import Signer
 
@@ -24,11 +22,6 @@ FIRST = "2026-12-01-name-it-to-tame-it"
 KEY = b"test-message: a fixed key for these tests"
 WHEN = datetime(2026, 12, 1, 13, 30, tzinfo=UTC)
 SAM = Recipient(subscriber_id=31, email="sam.rivera@example.com", name="Sam Rivera")
-
-
-@pytest.fixture
-def rendered(settings: Settings, project: Path) -> RenderedIssue:
-    return render(load_issue(project / "issues" / f"{FIRST}.yaml"), settings)
 
 
 def build(

@@ -26,8 +26,8 @@ from pipeline.render.renderer import (
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 from tests import golden
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SLUGS = sorted(path.stem for path in (REPO / "issues").glob("*.yaml"))
 FIRST = "2026-12-01-name-it-to-tame-it"
 KEY = b"test-render: a fixed key for links in these tests"
@@ -64,11 +64,6 @@ def short_diff(expected: str, actual: str, name: str, limit: int = 40) -> str:
     shown = [line if len(line) <= 200 else line[:200] + " …" for line in lines[:limit]]
     more = f"\n… {len(lines) - limit} more diff lines" if len(lines) > limit else ""
     return "\n".join(shown) + more
-
-
-@pytest.fixture
-def rendered(settings: Settings, project: Path) -> RenderedIssue:
-    return render(load_issue(project / "issues" / f"{FIRST}.yaml"), settings)
 
 
 def fields_for(name: str = "Sam", **overrides: str) -> PersonalFields:

@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from pipeline.audience.subscribers import find_subscriber, unsubscribe
-from pipeline.cli import cli
 from pipeline.cli.context import console
 from pipeline.feedback.events import record_events
 from pipeline.feedback.reports import Count, SegmentStats, campaign_stats
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, open_store
 from tests.emulators.sendgrid_events import event
+from tests.fixtures.project import cli_invoker
 from tests.transport_helpers import new_campaign
 from tests.web_support import readers, send_everything
 
@@ -95,7 +94,7 @@ def test_the_report_command(
     with open_store(settings) as store:
         first, _ = scenario(store, settings, tmp_path)
 
-    result = CliRunner().invoke(cli, ["--settings", str(project / "settings.toml"), "report", str(first)])
+    result = cli_invoker(project / "settings.toml")("report", str(first), expect=None)
 
     assert result.exit_code == 0, result.output
     lines = [" ".join(line.replace("│", " ").split()) for line in result.output.splitlines()]
@@ -110,7 +109,7 @@ def test_report_of_an_unknown_campaign_is_a_clean_error(
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "r" * 40)
 
-    result = CliRunner().invoke(cli, ["--settings", str(project / "settings.toml"), "report", "42"])
+    result = cli_invoker(project / "settings.toml")("report", "42", expect=None)
 
     assert result.exit_code == 1
     assert "campaign 42: no such campaign" in result.output

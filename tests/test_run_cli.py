@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from pipeline.cli import cli
-from pipeline.cli.context import console, console_err
 from pipeline.schedule.lease import Lease
 from pipeline.settings import load_settings
 from pipeline.store.engine import open_store, utcnow
-from tests.fixtures.project import REPO, cli_invoker
+from tests.fixtures.project import CliInvoker, cli_invoker
+from tests.mail import outbox_files
+from tests.paths import REPO
+from tests.scheduling import issues_dir, write_issue
 from tests.sendproc import SendProject, dump_settings
-from tests.test_scheduler import issues_dir, write_issue
 
 TODAY = utcnow().date()
 
@@ -44,36 +43,31 @@ def scheduled_today(project: Path, **schedule: Any) -> Path:
 
 
 @pytest.fixture
-def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "s" * 40)
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(console, "width", 200)
-    monkeypatch.setattr(console_err, "width", 200)
-    settings_file = scheduled_today(project)
-
-    invoke = cli_invoker(settings_file)
+def run(operator_shell: Path) -> CliInvoker:
+    """`newsletter --settings scheduled.toml …` in an operator's shell, the sample subscribers imported."""
+    invoke = cli_invoker(scheduled_today(operator_shell))
     invoke("subscribers", "import", "subscribers/sample.csv")
     return invoke
 
 
-def outbox_files(project: Path) -> list[Path]:
-    return sorted((project / "outbox").glob("*/*.eml"))
-
-
-def test_run_once_sends_the_issue_due_today_and_then_has_nothing_to_do(run: Any, project: Path) -> None:
+def test_run_once_sends_the_issue_due_today_and_then_has_nothing_to_do(
+    run: CliInvoker, project: Path
+) -> None:
     slug = write_issue(load_settings(project / "scheduled.toml"), TODAY, "today")
 
     first = run("run", "--once")
     assert f"{slug}: started: campaign #1" in first.output
     assert f"{slug}: campaign #1: 50 sent; finished" in first.output
-    assert len(outbox_files(project)) == 50
+    assert len(outbox_files(project / "outbox")) == 50
 
     second = run("run", "--once")
     assert "Nothing due." in second.output
-    assert len(outbox_files(project)) == 50
+    assert len(outbox_files(project / "outbox")) == 50
 
 
-def test_run_once_records_an_issue_past_catch_up_as_missed_and_exits_1(run: Any, project: Path) -> None:
+def test_run_once_records_an_issue_past_catch_up_as_missed_and_exits_1(
+    run: CliInvoker, project: Path
+) -> None:
     settings = load_settings(project / "scheduled.toml")
     slug = write_issue(settings, TODAY - dt.timedelta(days=3), "late")
     upcoming = write_issue(settings, TODAY + dt.timedelta(days=7), "next")
@@ -82,14 +76,14 @@ def test_run_once_records_an_issue_past_catch_up_as_missed_and_exits_1(run: Any,
 
     assert f"{slug}: missed: due" in result.output
     assert f"Next: {upcoming}" in result.output
-    assert outbox_files(project) == []
+    assert outbox_files(project / "outbox") == []
     status = run("status")
     assert f"Missed: {slug}" in status.output
     assert f"Next run: {upcoming} → everyone" in status.output
     assert "Scheduler: not running" in status.output  # --once released the lease on its way out
 
 
-def test_run_once_waits_while_another_scheduler_holds_the_lease(run: Any, project: Path) -> None:
+def test_run_once_waits_while_another_scheduler_holds_the_lease(run: CliInvoker, project: Path) -> None:
     settings = load_settings(project / "scheduled.toml")
     write_issue(settings, TODAY, "today")
     with open_store(settings) as store:
@@ -98,14 +92,14 @@ def test_run_once_waits_while_another_scheduler_holds_the_lease(run: Any, projec
     result = run("run", "--once")
 
     assert "Another scheduler holds the lease (elsewhere:42:abcd, until" in result.output
-    assert outbox_files(project) == []
+    assert outbox_files(project / "outbox") == []
     status = run("status")
     assert "Scheduler: running as elsewhere:42:abcd" in status.output
     assert "Due now: " in status.output and "the next tick sends it" in status.output
 
 
 def test_run_once_with_reader_time_zones_starts_the_campaign_and_status_shows_who_waits(
-    run: Any, project: Path
+    run: CliInvoker, project: Path
 ) -> None:
     earliest = (utcnow() - dt.timedelta(minutes=1)).astimezone(dt.timezone(dt.timedelta(hours=14)))
     settings_file = scheduled_today(
@@ -116,16 +110,15 @@ def test_run_once_with_reader_time_zones_starts_the_campaign_and_status_shows_wh
     )
     slug = write_issue(load_settings(settings_file), earliest.date(), "local")
 
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(cli, ["--settings", str(settings_file), *args])
+    invoke = cli_invoker(settings_file)
 
-    once = invoke("run", "--once")
+    once = invoke("run", "--once", expect=None)
     assert once.exit_code == 0, once.output
     assert f"{slug}: started: campaign #1" in once.output  # 07:00 has just come at UTC+14…
     assert f"{slug}: waiting: rows not yet due" in once.output  # …but in none of the readers' zones
-    assert outbox_files(project) == []
+    assert outbox_files(project / "outbox") == []
 
-    status = invoke("status")
+    status = invoke("status", expect=None)
     assert status.exit_code == 0, status.output
     assert "Campaigns in progress or in doubt" in status.output
     row = next(line for line in status.output.splitlines() if slug in line and "│" in line)
@@ -171,7 +164,7 @@ def test_a_real_newsletter_run_sends_the_issue_and_stops_cleanly_on_sigterm(proj
         assert conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sending'").fetchone() == (0,)
 
 
-def test_quiet_run_once_prints_nothing_when_nothing_happened(run: Any, project: Path) -> None:
+def test_quiet_run_once_prints_nothing_when_nothing_happened(run: CliInvoker, project: Path) -> None:
     write_issue(load_settings(project / "scheduled.toml"), TODAY + dt.timedelta(days=7), "next")
     assert run("-q", "run", "--once").output == ""  # so cron mails only when something happened
 

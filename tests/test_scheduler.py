@@ -1,117 +1,49 @@
 """The weekly scheduler in the library, on SQLite and PostgreSQL, with an injected clock (no sleeping):
 a year of Tuesdays, DST, downtime inside and outside the catch-up window, restarts, the loop.
 
-Helpers here (issue files, tuned settings, the outbox as the tests read it) are shared with the other
-scheduler test modules.
+What the other scheduler test modules share with this one lives in ``tests/scheduling.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select, update
 
-from pipeline.audience.subscribers import add_subscriber
-from pipeline.clock import ManualClock
 from pipeline.dispatch import campaigns
 from pipeline.dispatch.dispatcher import Dispatcher
 from pipeline.dispatch.plan import plan_send, start_campaign
 from pipeline.schedule import decisions
 from pipeline.schedule.lease import read_lease
-from pipeline.schedule.localtime import local_moment
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.store.tables import campaigns as campaigns_table
 from pipeline.store.tables import deliveries, dispatch_runs
-from pipeline.transports import Transport
 from pipeline.transports.base import Batch, Outcome
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.transports.smtp import SmtpTransport
-from tests.fixtures.project import REPO
-from tests.fixtures.smtp import SmtpServer, free_port
+from tests.fixtures.smtp import SmtpServer
+from tests.mail import delivered, outbox_opener, outbox_transport
+from tests.scheduling import (
+    AUDIENCE,
+    NEW_YORK,
+    SEVEN,
+    ManualClock,
+    at_seven,
+    issues_dir,
+    readers_in_zones,
+    scheduler,
+    tuned,
+    write_issue,
+)
+from tests.system import dead_pid, free_port
 
-SAMPLE = REPO / "issues" / "2026-12-01-name-it-to-tame-it.yaml"
-NEW_YORK = ZoneInfo("America/New_York")
-SEVEN = dt.time(7, 0)
 UTC = dt.UTC
-
-
-# -- helpers shared by the scheduler tests -----------------------------------------------------------
-
-
-def issues_dir(settings: Settings, *, clear: bool = True) -> Path:
-    folder = settings.path(settings.newsletter.issues_dir)
-    if clear:
-        for path in folder.glob("*.yaml"):
-            path.unlink()
-    return folder
-
-
-def write_issue(settings: Settings, day: dt.date, slug: str = "weekly", **extra: str) -> str:
-    """A copy of a sample issue dated ``day`` (extra top-level keys as raw YAML); returns its slug."""
-    text = re.sub(r"^date: .*$", f"date: {day.isoformat()}", SAMPLE.read_text(), flags=re.MULTILINE)
-    text += "".join(f"{key}: {value}\n" for key, value in extra.items())
-    name = f"{day.isoformat()}-{slug}"
-    (issues_dir(settings, clear=False) / f"{name}.yaml").write_text(text, encoding="utf-8")
-    return name
-
-
-def tuned(settings: Settings, **schedule: Any) -> Settings:
-    """Settings with the given schedule options, fast sending and small batches."""
-    delivery = settings.delivery.model_copy(update={"rate_per_second": 1e6, "batch_size": 4})
-    return settings.model_copy(
-        update={"schedule": settings.schedule.model_copy(update=schedule), "delivery": delivery}
-    )
-
-
-def outbox(settings: Settings) -> Callable[[str], Transport]:
-    def open_outbox(_name: str) -> Transport:
-        return OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
-
-    return open_outbox
-
-
-def delivered(settings: Settings) -> Counter[tuple[str, str]]:
-    """(issue slug, address) of every message in the outbox, counted."""
-    found: Counter[tuple[str, str]] = Counter()
-    for path in settings.path(settings.delivery.outbox_dir).glob("*/*.eml"):
-        slug = path.parent.name.split("-", 1)[1]
-        found[(slug, path.stem.split("-", 1)[1])] += 1
-    return found
-
-
-def readers(store: Store, zones: dict[str, str | None]) -> list[str]:
-    for email, zone in zones.items():
-        add_subscriber(store, email, name=email.split("@")[0].title(), timezone=zone)
-    return list(zones)
-
-
-def scheduler(store: Store, settings: Settings, clock: ManualClock, **kwargs: Any) -> Scheduler:
-    return Scheduler(store, settings, clock=clock, transports=outbox(settings), **kwargs)
-
-
-def at_seven(day: dt.date, zone: dt.tzinfo = NEW_YORK) -> dt.datetime:
-    return local_moment(day, SEVEN, zone)
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
-AUDIENCE = {"ann@example.com": None, "bo@example.com": "Europe/Berlin", "cy@example.com": None}
 
 
 @pytest.fixture
@@ -125,7 +57,7 @@ def weekly(settings: Settings) -> Settings:
 
 
 def test_a_year_of_weekly_issues_goes_out_on_its_days_exactly_once(store: Store, weekly: Settings) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     days = [dt.date(2027, 1, 5) + dt.timedelta(weeks=n) for n in range(52)]
     slugs = [write_issue(weekly, day) for day in days]
     clock = ManualClock(dt.datetime(2027, 1, 1, tzinfo=UTC))
@@ -164,7 +96,7 @@ def test_a_year_of_weekly_issues_goes_out_on_its_days_exactly_once(store: Store,
 def test_seven_oclock_is_seven_local_on_both_sides_of_a_dst_change(
     store: Store, weekly: Settings, day: dt.date, utc_hour: int
 ) -> None:
-    readers(store, AUDIENCE)
+    readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, day)
     due = dt.datetime.combine(day, dt.time(utc_hour), tzinfo=UTC)
     clock = ManualClock(due - dt.timedelta(seconds=1))
@@ -179,7 +111,7 @@ def test_seven_oclock_is_seven_local_on_both_sides_of_a_dst_change(
 
 
 def test_after_downtime_within_catch_up_the_issue_goes_out_late(store: Store, weekly: Settings) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)) + dt.timedelta(hours=11, minutes=59))
 
@@ -192,7 +124,7 @@ def test_after_downtime_within_catch_up_the_issue_goes_out_late(store: Store, we
 def test_after_downtime_beyond_catch_up_the_issue_is_missed_not_sent_and_can_go_by_hand(
     store: Store, weekly: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     late = write_issue(weekly, dt.date(2027, 1, 5))
     upcoming = write_issue(weekly, dt.date(2027, 1, 12))
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)) + dt.timedelta(hours=12, minutes=1))
@@ -213,7 +145,7 @@ def test_after_downtime_beyond_catch_up_the_issue_is_missed_not_sent_and_can_go_
 
     plan = plan_send(store, weekly, issues_dir(weekly, clear=False) / f"{late}.yaml", sched.links)
     campaign, _ = start_campaign(store, plan, "outbox")
-    Dispatcher(store, weekly, outbox(weekly)("outbox"), sched.links).run(campaign.id)
+    Dispatcher(store, weekly, outbox_transport(weekly), sched.links).run(campaign.id)
     assert sched.tick().outcomes == []
     assert delivered(weekly) == Counter({(late, e): 1 for e in emails})
     assert decisions.all_decisions(store)[late].decision == "missed"
@@ -222,13 +154,13 @@ def test_after_downtime_beyond_catch_up_the_issue_is_missed_not_sent_and_can_go_
 def test_an_issue_sent_by_hand_before_its_day_is_linked_not_sent_again(
     store: Store, weekly: Settings
 ) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)) - dt.timedelta(days=1))
     sched = scheduler(store, weekly, clock)
     path = issues_dir(weekly, clear=False) / f"{slug}.yaml"
     campaign, _ = start_campaign(store, plan_send(store, weekly, path, sched.links), "outbox")
-    Dispatcher(store, weekly, outbox(weekly)("outbox"), sched.links).run(campaign.id)
+    Dispatcher(store, weekly, outbox_transport(weekly), sched.links).run(campaign.id)
 
     clock.advance(dt.timedelta(days=3))  # even past the catch-up window: it was sent, not missed
     report = sched.tick()
@@ -241,7 +173,7 @@ def test_an_issue_sent_by_hand_before_its_day_is_linked_not_sent_again(
 def test_an_issue_with_errors_on_its_day_fails_the_tick_and_goes_out_once_fixed(
     store: Store, weekly: Settings
 ) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     path = issues_dir(weekly, clear=False) / f"{slug}.yaml"
     good = path.read_text()
@@ -279,7 +211,7 @@ class DiesOnSecondBatch(OutboxTransport):
 def test_a_restart_after_a_kill_mid_campaign_resumes_it_and_never_resends(
     store: Store, weekly: Settings
 ) -> None:
-    emails = readers(store, {f"reader{n:02d}@example.com": None for n in range(10)})
+    emails = readers_in_zones(store, {f"reader{n:02d}@example.com": None for n in range(10)})
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     clock = ManualClock(at_seven(dt.date(2027, 1, 5)))
     dying = DiesOnSecondBatch(weekly)
@@ -307,7 +239,7 @@ def test_a_restart_after_a_kill_mid_campaign_resumes_it_and_never_resends(
 def test_a_crash_between_the_decision_and_the_campaign_is_completed_once(
     store: Store, weekly: Settings
 ) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     due = at_seven(dt.date(2027, 1, 5))
     assert decisions.decide(store, slug, due, "started", due)  # …and the process died here
@@ -338,13 +270,13 @@ class StopsAfter(ManualClock):
 def test_the_loop_ticks_at_start_and_stops_cleanly_releasing_the_lease(
     store: Store, weekly: Settings
 ) -> None:
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     slug = write_issue(weekly, dt.date(2027, 1, 5))
     fast = tuned(weekly, tick_seconds=0.001)
     stop = threading.Event()
     clock = StopsAfter(at_seven(dt.date(2027, 1, 5)), waits=3)
 
-    Scheduler(store, fast, clock=clock, stop=stop, transports=outbox(fast)).run_forever()
+    Scheduler(store, fast, clock=clock, stop=stop, transports=outbox_opener(fast)).run_forever()
 
     assert stop.is_set()
     assert delivered(weekly) == Counter({(slug, e): 1 for e in emails})
@@ -355,7 +287,7 @@ def test_the_loop_ticks_at_start_and_stops_cleanly_releasing_the_lease(
 def test_a_stop_request_finishes_the_batch_in_flight_and_leaves_nothing_sending(
     store: Store, weekly: Settings
 ) -> None:
-    readers(store, {f"reader{n:02d}@example.com": None for n in range(10)})
+    readers_in_zones(store, {f"reader{n:02d}@example.com": None for n in range(10)})
     write_issue(weekly, dt.date(2027, 1, 5))
     stop = threading.Event()
 
@@ -369,7 +301,7 @@ def test_a_stop_request_finishes_the_batch_in_flight_and_leaves_nothing_sending(
     report = Scheduler(store, weekly, clock=clock, stop=stop, transports=lambda _n: transport).tick()
 
     (sent,) = report.of("sent")
-    assert sent.run is not None and sent.run.stopped == "interrupted" and sent.run.counts == {"sent": 4}
+    assert sent.run is not None and sent.run.end == "interrupted" and sent.run.counts == {"sent": 4}
     counts = campaigns.report(store, sent.campaign_id or 0).counts
     assert counts == {"sent": 4, "queued": 6}
 
@@ -377,7 +309,7 @@ def test_a_stop_request_finishes_the_batch_in_flight_and_leaves_nothing_sending(
 def test_files_without_a_real_date_in_their_name_are_ignored_and_a_broken_due_one_fails(
     store: Store, weekly: Settings
 ) -> None:
-    readers(store, AUDIENCE)
+    readers_in_zones(store, AUDIENCE)
     folder = issues_dir(weekly, clear=False)
     (folder / "notes.yaml").write_text("not: an issue\n")
     (folder / "2027-02-30-impossible.yaml").write_text("not: an issue\n")
@@ -395,7 +327,7 @@ def test_a_transport_that_is_down_fails_the_tick_and_the_next_tick_resumes(
     store: Store, weekly: Settings, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SMTP_PASSWORD", raising=False)
-    emails = readers(store, AUDIENCE)
+    emails = readers_in_zones(store, AUDIENCE)
     write_issue(weekly, dt.date(2027, 1, 5))
     smtp = weekly.smtp.model_copy(update={"host": "127.0.0.1", "port": free_port(), "security": "none"})
     down = weekly.model_copy(update={"smtp": smtp})

@@ -19,12 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import event, select, update
 
-from pipeline.clock import ManualClock
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns
-from pipeline.dispatch.dispatcher import Dispatcher
-from pipeline.dispatch.ratelimit import RateLimiter
-from pipeline.render.links import Links
 from pipeline.render.renderer import render
 from pipeline.schedule.localtime import local_moment
 from pipeline.schedule.scheduler import Scheduler
@@ -35,7 +31,9 @@ from pipeline.store.tables import deliveries
 from pipeline.transports.sendgrid import SendGridTransport
 from tests.emulators.sendgrid import SendGridEmulator
 from tests.fixtures.smtp import SmtpServer
-from tests.test_scheduler import at_seven, delivered, issues_dir, readers, tuned, write_issue
+from tests.mail import delivered
+from tests.scheduling import ManualClock, at_seven, issues_dir, readers_in_zones, tuned, write_issue
+from tests.transport_helpers import dispatcher
 
 DAY = dt.date(2027, 1, 5)  # a Tuesday; summer in New Zealand (UTC+13)
 ZONES = {
@@ -86,7 +84,7 @@ def updates(store: Store) -> Iterator[list[str]]:
 def test_each_zone_gets_seven_oclock_local_in_one_update_per_zone(
     store: Store, local: Settings, updates: list[str]
 ) -> None:
-    readers(store, ZONES)
+    readers_in_zones(store, ZONES)
     write_issue(local, DAY)
     clock = ManualClock(FIRST_MORNING - dt.timedelta(seconds=1))
     sched = Scheduler(store, local, clock=clock)
@@ -118,7 +116,7 @@ def test_smtp_and_outbox_send_each_bucket_only_when_its_hour_comes(
     )
     delivery = local.delivery.model_copy(update={"transport": transport})
     local = local.model_copy(update={"smtp": smtp, "delivery": delivery})
-    readers(store, ZONES)
+    readers_in_zones(store, ZONES)
     slug = write_issue(local, DAY)
     clock = ManualClock(FIRST_MORNING)
     sched = Scheduler(store, local, clock=clock)
@@ -165,7 +163,7 @@ def test_sendgrid_gets_every_bucket_ahead_with_one_send_at_per_request(
                 "delivery": local.delivery.model_copy(update={"transport": "sendgrid"}),
             }
         )
-        readers(store, ZONES)
+        readers_in_zones(store, ZONES)
         write_issue(local, day)
         first_morning = dt.datetime.combine(day, dt.time(7), tzinfo=dt.timezone(dt.timedelta(hours=14)))
         clock = ManualClock(first_morning)
@@ -188,7 +186,7 @@ def test_sendgrid_gets_every_bucket_ahead_with_one_send_at_per_request(
 
 
 def test_sendgrid_is_never_handed_a_time_more_than_72_hours_ahead(store: Store, settings: Settings) -> None:
-    readers(store, {f"r{n}@example.com": None for n in range(4)})
+    readers_in_zones(store, {f"r{n}@example.com": None for n in range(4)})
     issue = load_issue(settings.path(settings.newsletter.issues_dir) / "2026-12-01-name-it-to-tame-it.yaml")
     campaign, _ = campaigns.create_campaign(store, render(issue, settings), ["everyone"], "sendgrid")
     now = utcnow().replace(microsecond=0)
@@ -205,15 +203,7 @@ def test_sendgrid_is_never_handed_a_time_more_than_72_hours_ahead(store: Store, 
     with SendGridEmulator(api_key="SG.ahead") as emulator:
         config = settings.sendgrid.model_copy(update={"host": emulator.url})
         transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), "SG.ahead")
-        dispatcher = Dispatcher(
-            store,
-            settings,
-            transport,
-            Links(settings, store.signer),
-            limiter=RateLimiter(1e6),
-            now=lambda: now,
-        )
-        run = dispatcher.run(campaign.id)
+        run = dispatcher(store, settings, transport, now=lambda: now).run(campaign.id)
         requests = {p["to"][0]["email"]: p["send_at"] for m in emulator.messages for p in m.personalizations}
 
     assert requests == {

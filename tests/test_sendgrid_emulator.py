@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,9 +42,9 @@ from tests.emulators.sendgrid import (
     expand_slim_record,
 )
 from tests.emulators.sendgrid_rules import is_valid_email, validate_mail
+from tests.paths import REPO
 
 API_KEY = "SG.test-key"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MESSAGE_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError)
 
@@ -774,7 +773,7 @@ def test_standalone_module_serves_until_signalled(stop_signal: signal.Signals) -
     command = [sys.executable, "-m", "tests.emulators.sendgrid", "--port", "0", "--api-key", API_KEY]
     with subprocess.Popen(
         [*command, "--record", "recipients"],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

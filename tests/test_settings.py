@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from pydantic import BaseModel
 
 from pipeline.errors import SettingsError
@@ -21,8 +20,8 @@ from pipeline.settings import (
     load_settings,
     secret,
 )
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REPO_SETTINGS = REPO / "settings.toml"
 
 
@@ -243,18 +242,17 @@ def test_no_settings_anywhere_explains_how_to_choose_one(
 def test_cli_uses_settings_option_and_environment(
     project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.cli import cli  # imported here: the rest of this file does not depend on the CLI's wiring
+    # imported here: the rest of this file does not depend on the CLI's wiring
+    from tests.fixtures.project import cli_invoker
 
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    runner = CliRunner()
+    with_option, without = cli_invoker(project / "settings.toml"), cli_invoker()
     broken = edited(project, "[delivery]", "[delivry]", name="broken.toml")
 
-    by_option = runner.invoke(cli, ["--settings", str(project / "settings.toml"), "check"])
-    by_env = runner.invoke(cli, ["check"], env={SETTINGS_ENV: str(project / "settings.toml")})
-    option_over_env = runner.invoke(
-        cli, ["--settings", str(project / "settings.toml"), "check"], env={SETTINGS_ENV: str(broken)}
-    )
-    env_broken = runner.invoke(cli, ["check"], env={SETTINGS_ENV: str(broken)})
+    by_option = with_option("check", expect=None)
+    by_env = without("check", env={SETTINGS_ENV: str(project / "settings.toml")}, expect=None)
+    option_over_env = with_option("check", env={SETTINGS_ENV: str(broken)}, expect=None)
+    env_broken = without("check", env={SETTINGS_ENV: str(broken)}, expect=None)
 
     for result in (by_option, by_env, option_over_env):
         assert result.exit_code == 0, result.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 import pytest
@@ -12,13 +11,13 @@ import pytest
 from pipeline.cli import cli
 from pipeline.cli.context import console
 from pipeline.store.engine import head_revision
-from tests.fixtures.project import cli_invoker
+from tests.fixtures.project import CliInvoker, cli_invoker
 
 KEY = "k" * 40
 
 
 @pytest.fixture
-def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> CliInvoker:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)
     monkeypatch.setattr(console, "width", 200)  # tables as on a wide terminal
     monkeypatch.chdir(project)
@@ -26,16 +25,16 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return cli_invoker(project / "settings.toml")
 
 
-def test_every_command_explains_itself(run: Any) -> None:
+def test_every_command_explains_itself(run: CliInvoker) -> None:
     for group in (cli.commands[name] for name in ("subscribers", "segments", "db")):
-        assert isinstance(group, click.Group) and group.help
+        assert isinstance(group, click.Group) and group.help and group.name
         assert group.name in run("--help").output
         for name, command in group.commands.items():
             assert command.help, f"{group.name} {name} has no help text"
             assert "Usage:" in run(group.name, name, "--help").output
 
 
-def test_import_prints_the_counts_and_the_list_shows_people(run: Any) -> None:
+def test_import_prints_the_counts_and_the_list_shows_people(run: CliInvoker) -> None:
     result = run("subscribers", "import", "subscribers/sample.csv")
     assert (
         "subscribers/sample.csv: 50 added, 0 updated, 0 unchanged, 0 rejected, 0 suppressed" in result.output
@@ -45,7 +44,7 @@ def test_import_prints_the_counts_and_the_list_shows_people(run: Any) -> None:
     assert "0 shown" in run("subscribers", "list", "--status", "unsubscribed").output
 
 
-def test_a_rejected_import_exits_1_listing_every_bad_row(run: Any, project: Path) -> None:
+def test_a_rejected_import_exits_1_listing_every_bad_row(run: CliInvoker, project: Path) -> None:
     (project / "bad.csv").write_text("email,name\nok@example.com,Ok\nnope,N\nalso-bad,A\n", encoding="utf-8")
     result = run("subscribers", "import", "bad.csv", expect=1)
     assert "bad.csv:3: error: email: 'nope' is not a valid email address" in result.stderr
@@ -61,7 +60,7 @@ def test_a_rejected_import_exits_1_listing_every_bad_row(run: Any, project: Path
     )
 
 
-def test_add_show_unsubscribe(run: Any) -> None:
+def test_add_show_unsubscribe(run: CliInvoker) -> None:
     added = run(
         "subscribers", "add", "Ana@Example.com", "--name", "Ana Lima", "--tag", "toddler", "--tag", "vip"
     )
@@ -76,7 +75,7 @@ def test_add_show_unsubscribe(run: Any) -> None:
 
 
 def test_export_round_trips_through_import_into_another_project(
-    run: Any, project: Path, tmp_path: Path
+    run: CliInvoker, project: Path, tmp_path: Path
 ) -> None:
     run("subscribers", "import", "subscribers/sample.csv")
     run("subscribers", "unsubscribe", "maya.chen@example.com")
@@ -100,7 +99,7 @@ def test_export_round_trips_through_import_into_another_project(
     assert segment and all(int(p["attributes"]["children"]) >= 3 for p in segment)
 
 
-def test_erase_asks_first_and_then_forgets_for_good(run: Any) -> None:
+def test_erase_asks_first_and_then_forgets_for_good(run: CliInvoker) -> None:
     run("subscribers", "add", "erin@example.com", "--name", "Erin")
     aborted = run("subscribers", "erase", "erin@example.com", input="n\n", expect=1)
     assert "Aborted" in aborted.output
@@ -114,7 +113,7 @@ def test_erase_asks_first_and_then_forgets_for_good(run: Any) -> None:
     )
 
 
-def test_segments_list_and_show(run: Any) -> None:
+def test_segments_list_and_show(run: CliInvoker) -> None:
     run("subscribers", "import", "subscribers/sample.csv")
     listed = run("segments").output
     for name in ("everyone", "working-moms", "new-parents", "toddlers", "school-age", "europe"):
@@ -125,7 +124,7 @@ def test_segments_list_and_show(run: Any) -> None:
     assert "did you mean 'toddlers'" in run("segments", "show", "todlers", expect=1).stderr
 
 
-def test_db_current_and_upgrade(run: Any) -> None:
+def test_db_current_and_upgrade(run: CliInvoker) -> None:
     assert "none (empty database)" in run("db", "current").output
     assert f"at revision {head_revision()} (newest)" in run("db", "upgrade").output
     assert f"at revision {head_revision()} (newest)" in run("db", "current").output

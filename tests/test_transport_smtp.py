@@ -6,7 +6,8 @@ from collections import Counter
 
 from pipeline.settings import Settings
 from pipeline.transports.smtp import SmtpTransport
-from tests.fixtures.smtp import SmtpServer, free_port
+from tests.fixtures.smtp import SmtpServer
+from tests.system import free_port
 from tests.transport_helpers import make_batch
 
 

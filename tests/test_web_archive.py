@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -14,7 +13,7 @@ from pipeline.dispatch import campaigns
 from pipeline.render.renderer import render
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
-from pipeline.web import create_app
+from pipeline.store.statuses import CampaignStatus
 from pipeline.web.security import ARCHIVE_CSP
 from tests.transport_helpers import ISSUE, new_campaign
 from tests.web_support import heading, readers, send_everything
@@ -22,12 +21,6 @@ from tests.web_support import heading, readers, send_everything
 ATOM = "{http://www.w3.org/2005/Atom}"
 SLUG = ISSUE.removesuffix(".yaml")
 SUBJECT = "Guilt isn't a verdict: start by naming it"
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store)) as client:
-        yield client
 
 
 def test_an_empty_archive(client: TestClient) -> None:
@@ -63,7 +56,7 @@ def test_an_issue_that_went_out_is_public_without_anyone_s_personal_data(
 def test_issues_not_yet_sent_are_not_public(client: TestClient, settings: Settings, store: Store) -> None:
     issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
     campaigns.create_campaign(
-        store, render(issue_file, settings), ("everyone",), "outbox", status="scheduled"
+        store, render(issue_file, settings), ("everyone",), "outbox", status=CampaignStatus.SCHEDULED
     )
 
     assert client.get(f"/archive/{SLUG}").status_code == 404

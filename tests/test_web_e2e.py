@@ -7,12 +7,10 @@ CSP violation or a missing stylesheet shows up in the console).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -20,17 +18,15 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from pipeline.audience.subscribers import find_subscriber, subscriber_log
-from pipeline.dispatch.dispatcher import Dispatcher
 from pipeline.dispatch.plan import plan_send, start_campaign
-from pipeline.dispatch.ratelimit import RateLimiter
 from pipeline.render.links import Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, open_store
-from pipeline.transports.outbox import OutboxTransport
 from pipeline.web import create_app, server
-from tests.fixtures.smtp import free_port
-from tests.transport_helpers import ISSUE
-from tests.web_support import text_of
+from tests.mail import outbox_transport, parse_message
+from tests.system import free_port
+from tests.transport_helpers import ISSUE, dispatcher
+from tests.web_support import link_in, text_of
 
 ADDRESS = "reader@example.com"
 WAIT = 15.0
@@ -87,15 +83,7 @@ def wait_for_mail(folder: Path) -> EmailMessage:
         assert time.monotonic() < deadline, f"no message appeared in {folder}"
         time.sleep(0.05)
     (path,) = found
-    parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
-
-
-def link(message: EmailMessage, base_url: str, route: str) -> str:
-    match = re.search(rf"{re.escape(base_url)}/{route}/[A-Za-z0-9_.-]+", text_of(message))
-    assert match, f"no /{route}/ link in the message"
-    return match.group(0)
+    return parse_message(path.read_bytes())
 
 
 def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live, page: Page) -> None:
@@ -117,7 +105,7 @@ def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live
     # Confirm with the link from the mailed confirmation.
     confirmation = wait_for_mail(live.outbox / "test-confirm")
     assert confirmation["To"] == f"Robin <{ADDRESS}>"
-    page.goto(link(confirmation, live.base_url, "confirm"))
+    page.goto(link_in(confirmation, "confirm", live.base_url))
     expect(heading).to_have_text("You are subscribed")
     assert find_subscriber(live.store, ADDRESS).status == "active"  # type: ignore[union-attr]
 
@@ -125,16 +113,14 @@ def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live
     links = Links(live.settings, live.store.signer)
     plan = plan_send(live.store, live.settings, live.settings.path(Path("issues")) / ISSUE, links)
     campaign, _ = start_campaign(live.store, plan, "outbox")
-    transport = OutboxTransport(live.outbox, fsync=False)
-    report = Dispatcher(live.store, live.settings, transport, links, limiter=RateLimiter(1e6)).run(
-        campaign.id
-    )
+    transport = outbox_transport(live.settings)
+    report = dispatcher(live.store, live.settings, transport).run(campaign.id)
     assert report.counts["sent"] == 1
     issue = wait_for_mail(transport.folder(campaign.id, campaign.issue_slug))
     assert "Hi Robin," in text_of(issue)
 
     # Change preferences from the issue's footer link.
-    page.goto(link(issue, live.base_url, "preferences"))
+    page.goto(link_in(issue, "preferences", live.base_url))
     page.get_by_label("Toddler").uncheck()
     page.get_by_label("Teen").check()
     page.get_by_role("button", name="Save my preferences").click()
@@ -143,7 +129,7 @@ def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live
 
     # Leave by the unsubscribe link the List-Unsubscribe header carries, pressing the button.
     unsubscribe_url = str(issue["List-Unsubscribe"]).split(">")[0].lstrip("<")
-    assert unsubscribe_url == link(issue, live.base_url, "u")
+    assert unsubscribe_url == link_in(issue, "u", live.base_url)
     page.goto(unsubscribe_url)
     expect(heading).to_have_text("Unsubscribe?")
     expect(page.get_by_text("r***@example.com")).to_be_visible()

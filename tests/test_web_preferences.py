@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
@@ -20,14 +19,9 @@ TOPICS = ["working-mom", "new-parent", "toddler", "school-age", "teen"]
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store, clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store, clock=clock)) as client:
-        yield client
+def app(settings: Settings, store: Store, clock: Clock) -> Starlette:
+    """The pages on ``clock``, so a test can let a CSRF token grow old."""
+    return create_app(settings, store, clock=clock)
 
 
 def preferences_path(settings: Settings, store: Store, subscriber_id: int) -> str:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.render.links import Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, connect
-from pipeline.web import create_app
 from tests.fixtures.store import TEST_KEY
+from tests.fixtures.web import OpenClient
 from tests.web_support import csrf_of, path_of, person
 
 
@@ -28,12 +29,6 @@ def store(project: Path) -> Iterator[Store]:
     )
     yield opened
     opened.close()
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store), raise_server_exceptions=False) as client:
-        yield client
 
 
 @pytest.fixture
@@ -83,8 +78,9 @@ def test_every_response_carries_the_security_headers(
 
 
 def test_a_server_error_is_a_page_with_the_headers_too(
-    client: TestClient, store: Store, links: dict[str, str]
+    app: Starlette, open_client: OpenClient, store: Store, links: dict[str, str]
 ) -> None:
+    client = open_client(app, raise_server_exceptions=False)  # the 500 page, not the exception
     with store.write() as conn:
         conn.exec_driver_sql("DROP TABLE subscriber_tags")
 

@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx2
-from click.testing import CliRunner
 
-from pipeline.cli import cli
-from tests.fixtures.smtp import free_port
+from tests.fixtures.project import cli_invoker
+from tests.sendproc import newsletter_script
+from tests.system import free_port
 
 WAIT = 30.0
 
 
-def newsletter() -> str:
-    beside = Path(sys.executable).parent / "newsletter"
-    found = str(beside) if beside.exists() else shutil.which("newsletter")
-    assert found, "the `newsletter` console script is not installed (pip install -e '.[test]')"
-    return found
-
-
 def test_serve_has_help_for_the_operator() -> None:
-    result = CliRunner().invoke(cli, ["serve", "--help"])
+    result = cli_invoker()("serve", "--help", expect=None)
 
     assert result.exit_code == 0
     assert "TLS-terminating proxy" in result.output and "--forwarded-allow-ips" in result.output
@@ -37,7 +28,14 @@ def test_serve_runs_the_service_and_stops_on_ctrl_c(project: Path, tmp_path: Pat
     port = free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "NEWSLETTER_SECRET_KEY": "serve-" + "k" * 40}
-    command = [newsletter(), "--settings", str(project / "settings.toml"), "serve", "--port", str(port)]
+    command = [
+        newsletter_script(),
+        "--settings",
+        str(project / "settings.toml"),
+        "serve",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:

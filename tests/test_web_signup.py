@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log, suppress
@@ -15,29 +15,25 @@ from pipeline.store.engine import Store
 from pipeline.transports.outbox import OutboxTransport
 from pipeline.web import create_app
 from tests.fixtures.store import snapshot
-from tests.web_support import Clock, heading, link_in, outbox_messages, path_of, person, web_settings
+from tests.fixtures.web import OpenClient
+from tests.mail import outbox_messages, outbox_transport
+from tests.web_support import Clock, heading, link_in, path_of, person, web_settings
 
 HOUR = 3600
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def outbox(settings: Settings) -> OutboxTransport:
     """The real outbox transport, shared so ``stats.requests`` counts the confirmations sent."""
-    return OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
+    return outbox_transport(settings)
 
 
 @pytest.fixture
-def client(settings: Settings, store: Store, clock: Clock, outbox: OutboxTransport) -> Iterator[TestClient]:
-    app = create_app(
+def app(settings: Settings, store: Store, clock: Clock, outbox: OutboxTransport) -> Starlette:
+    """The signup form on ``clock``, mailing confirmations to ``outbox``, with room for 50 signups an hour."""
+    return create_app(
         web_settings(settings, signups_per_ip_per_hour=50), store, clock=clock, transport=lambda: outbox
     )
-    with TestClient(app) as client:
-        yield client
 
 
 def sign_up(client: TestClient, email: str = "ana@example.com", **fields: object) -> str:
@@ -181,20 +177,19 @@ def test_a_filled_honeypot_gets_the_same_answer_and_nothing_happens(
 
 
 def test_signups_are_limited_per_client_address_per_hour(
-    settings: Settings, store: Store, clock: Clock, outbox: OutboxTransport
+    settings: Settings, store: Store, clock: Clock, outbox: OutboxTransport, open_client: OpenClient
 ) -> None:
     app = create_app(
         web_settings(settings, signups_per_ip_per_hour=3), store, clock=clock, transport=lambda: outbox
     )
-    with (
-        TestClient(app, client=("203.0.113.7", 5000)) as bot,
-        TestClient(app, client=("198.51.100.2", 5000)) as other,
-    ):
-        statuses = [bot.post("/subscribe", data={"email": f"p{i}@example.com"}).status_code for i in range(5)]
-        limited = bot.post("/subscribe", data={"email": "late@example.com"})
-        assert other.post("/subscribe", data={"email": "other@example.com"}).status_code == 200
-        clock.advance(HOUR)
-        assert bot.post("/subscribe", data={"email": "later@example.com"}).status_code == 200
+    bot = open_client(app, client=("203.0.113.7", 5000))
+    other = open_client(app, client=("198.51.100.2", 5000))
+
+    statuses = [bot.post("/subscribe", data={"email": f"p{i}@example.com"}).status_code for i in range(5)]
+    limited = bot.post("/subscribe", data={"email": "late@example.com"})
+    assert other.post("/subscribe", data={"email": "other@example.com"}).status_code == 200
+    clock.advance(HOUR)
+    assert bot.post("/subscribe", data={"email": "later@example.com"}).status_code == 200
 
     assert statuses == [200, 200, 200, 429, 429]
     assert limited.headers["Retry-After"] == "3600"
@@ -225,15 +220,17 @@ def test_an_invalid_address_shows_the_form_again_escaped(client: TestClient, sto
     assert snapshot(store) == before
 
 
-def test_a_failed_send_gives_the_hourly_claim_back(settings: Settings, store: Store, tmp_path: Path) -> None:
+def test_a_failed_send_gives_the_hourly_claim_back(
+    settings: Settings, store: Store, tmp_path: Path, open_client: OpenClient
+) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the outbox folder should be")
-    working = OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
+    working = outbox_transport(settings)
     transports = iter([OutboxTransport(blocked), working])
-    app = create_app(settings, store, transport=lambda: next(transports))
-    with TestClient(app) as client:
-        first = sign_up(client)
-        second = sign_up(client)
+    client = open_client(create_app(settings, store, transport=lambda: next(transports)))
+
+    first = sign_up(client)
+    second = sign_up(client)
 
     assert first == second
     assert working.stats.requests == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -13,17 +12,10 @@ from pipeline.render.links import PREFERENCES, UNSUBSCRIBE, Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.tokens import Signer
-from pipeline.web import create_app
 from tests.fixtures.store import snapshot
 from tests.web_support import heading, path_of, person
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store)) as client:
-        yield client
 
 
 def unsubscribe_path(settings: Settings, store: Store, subscriber_id: int) -> str:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
-from pipeline.dispatch.dispatcher import Dispatcher
-from pipeline.dispatch.ratelimit import RateLimiter
-from pipeline.render.links import Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.store.tables import deliveries, delivery_events
@@ -30,27 +27,18 @@ from tests.emulators.sendgrid_events import (
     post_events,
 )
 from tests.fixtures.store import snapshot
-from tests.transport_helpers import new_campaign
+from tests.fixtures.web import OpenClient
+from tests.transport_helpers import dispatcher, new_campaign
 from tests.web_support import Clock, person, readers, web_settings
 
 MAX_BODY = 4096
 
 
 @pytest.fixture
-def key() -> EventKey:
-    return EventKey()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store, key: EventKey, clock: Clock) -> Iterator[TestClient]:
+def app(settings: Settings, store: Store, key: EventKey, clock: Clock) -> Starlette:
+    """The webhook trusting ``key``, on ``clock``, with a small body cap and a ten-minute window."""
     configured = web_settings(settings, key, webhook_max_body_bytes=MAX_BODY, webhook_max_age_seconds=600)
-    with TestClient(create_app(configured, store, clock=clock)) as client:
-        yield client
+    return create_app(configured, store, clock=clock)
 
 
 def stored(store: Store) -> list[dict[str, Any]]:
@@ -240,11 +228,10 @@ def test_a_post_that_is_not_provably_sendgrids_is_403_and_stores_nothing(
 
 
 def test_without_a_configured_key_every_post_is_refused(
-    settings: Settings, store: Store, key: EventKey
+    settings: Settings, store: Store, key: EventKey, open_client: OpenClient
 ) -> None:
     assert settings.web.webhook_public_key is None
-    with TestClient(create_app(settings, store)) as client:
-        response = post_events(client, [event("open", "ana@example.com")], key)
+    response = post_events(open_client(create_app(settings, store)), [event("open", "ana@example.com")], key)
 
     assert response.status_code == 403
     assert stored(store) == []
@@ -284,9 +271,7 @@ def test_events_for_a_campaign_sent_through_the_sendgrid_emulator_find_their_way
     with SendGridEmulator(api_key="SG.events") as emulator:
         config = settings.sendgrid.model_copy(update={"host": emulator.url})
         transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), "SG.events")
-        Dispatcher(
-            store, settings, transport, Links(settings, store.signer), limiter=RateLimiter(1e6), batch_size=7
-        ).run(campaign.id)
+        dispatcher(store, settings, transport, batch_size=7).run(campaign.id)
         messages = emulator.messages
 
     delivered = [item for message in messages for item in events_for(message, "delivered")]

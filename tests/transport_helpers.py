@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter
 from pipeline.recipient import Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate
@@ -11,7 +15,7 @@ from pipeline.render.renderer import render
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.tokens import Signer
-from pipeline.transports.base import Batch, Envelope
+from pipeline.transports.base import Batch, Envelope, Transport
 
 SIGNER = Signer(b"transport-tests-key-0123456789abcdef")
 ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
@@ -27,12 +31,24 @@ def new_campaign(
     return campaign
 
 
+def dispatcher(
+    store: Store,
+    settings: Settings,
+    transport: Transport,
+    *,
+    limiter: RateLimiter | None = None,
+    **options: Any,
+) -> Dispatcher:
+    """A dispatcher with the store's own links and, unless a test paces it, no pacing to speak of (1e6/s)."""
+    links = Links(settings, store.signer)
+    return Dispatcher(store, settings, transport, links, limiter=limiter or RateLimiter(1e6), **options)
+
+
 def make_batch(
     settings: Settings, emails: list[str], *, campaign_id: int | None = 7, first_id: int = 1
 ) -> Batch:
-    issue_file = load_issue(
-        settings.path(settings.newsletter.issues_dir) / "2026-12-01-name-it-to-tame-it.yaml"
-    )
+    """A batch of the first sample issue for ``emails``, built without a store (transport tests)."""
+    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
     rendered = render(issue_file, settings)
     links = Links(settings, SIGNER)
     envelopes = []

@@ -1,10 +1,10 @@
-"""What the web tests share: service settings, a clock they can move, and readers of pages and outbox mail."""
+"""What the web tests share: service settings, a clock they can move, readers of pages and mail, and
+subscribers and sends set up in bulk. The app and its client are fixtures: ``tests/fixtures/web.py``."""
 
 from __future__ import annotations
 
 import re
 import time
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from html import unescape
 from pathlib import Path
@@ -13,14 +13,12 @@ from typing import Any
 from pipeline.audience.importer import import_csv
 from pipeline.audience.subscribers import Subscriber, add_subscriber
 from pipeline.dispatch import ledger
-from pipeline.dispatch.dispatcher import Dispatcher
-from pipeline.dispatch.ratelimit import RateLimiter
-from pipeline.render.links import Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.transports.base import Outcome
-from pipeline.transports.outbox import OutboxTransport
 from tests.emulators.sendgrid_events import EventKey
+from tests.mail import outbox_transport
+from tests.transport_helpers import dispatcher
 
 BASE_URL = "https://news.example.org"
 
@@ -63,17 +61,6 @@ def heading(page: str) -> str:
     return unescape(match.group(1)).strip()
 
 
-def outbox_messages(settings: Settings) -> list[EmailMessage]:
-    """Every .eml the outbox transport wrote, oldest name first."""
-    folder = settings.path(settings.delivery.outbox_dir)
-    messages = []
-    for path in sorted(Path(folder).glob("*/*.eml")):
-        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        messages.append(parsed)
-    return messages
-
-
 def text_of(message: EmailMessage) -> str:
     part = message.get_body(preferencelist=("plain",))
     assert part is not None
@@ -86,9 +73,9 @@ def html_of(message: EmailMessage) -> str:
     return str(part.get_content())
 
 
-def link_in(message: EmailMessage, route: str) -> str:
-    """The first link to ``/{route}/…`` in the plain-text part."""
-    match = re.search(rf"{re.escape(BASE_URL)}/{route}/[A-Za-z0-9_.~-]+", text_of(message))
+def link_in(message: EmailMessage, route: str, base_url: str = BASE_URL) -> str:
+    """The first link to ``{base_url}/{route}/…`` in the plain-text part."""
+    match = re.search(rf"{re.escape(base_url)}/{route}/[A-Za-z0-9_.~-]+", text_of(message))
     assert match, f"no /{route}/ link in the message"
     return match.group(0)
 
@@ -117,7 +104,4 @@ def mark_sent(store: Store, campaign_id: int, count: int) -> list[tuple[int, int
 
 def send_everything(store: Store, settings: Settings, campaign_id: int) -> None:
     """Send the whole campaign through the outbox transport (the campaign finishes)."""
-    transport = OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
-    Dispatcher(store, settings, transport, Links(settings, store.signer), limiter=RateLimiter(1e6)).run(
-        campaign_id
-    )
+    dispatcher(store, settings, outbox_transport(settings)).run(campaign_id)

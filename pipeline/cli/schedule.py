@@ -31,7 +31,7 @@ def print_tick(report: TickReport, tz_name: str, *, quiet: bool = False) -> None
     something or something needs attention (so cron mails only then)."""
     if quiet and not report.outcomes:
         return
-    if report.holder is not None:
+    if report.waiting_for_lease and report.holder is not None:
         console.print(
             f"Another scheduler holds the lease ({report.holder.holder}, until "
             f"{_when(report.holder.expires_at, tz_name)}): nothing done."

@@ -181,11 +181,3 @@ def issue_paths(paths: Iterable[str | Path], issues_dir: Path) -> list[Path]:
     for entry in map(Path, list(paths) or [issues_dir]):
         expanded.extend(sorted(entry.glob("*.yaml")) if entry.is_dir() else [entry])
     return expanded
-
-
-def newest_issue(issues_dir: Path) -> Path:
-    """The issue file with the latest date in its name."""
-    files = sorted(p for p in issues_dir.glob("*.yaml") if FILE_NAME.match(p.stem))
-    if not files:
-        raise ContentError([Problem(str(issues_dir), "no issue files (YYYY-MM-DD-slug.yaml) found")])
-    return files[-1]
