@@ -171,6 +171,35 @@ def test_cancel_marks_what_was_still_queued(store: Store, fast: Settings, audien
         campaigns.change_status(store, campaign.id, "resume")
 
 
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_pause_and_cancel_stop_a_sendgrid_send_that_answers_faster_than_the_pace(
+    store: Store, fast: Settings, audience: list[str], action: str
+) -> None:
+    """Four requests in flight and a provider that answers at once: the dispatcher never waits for a
+    batch, so it must look at the campaign before every claim, not only when it waits."""
+    with SendGridEmulator(api_key="SG.pause") as emulator:
+        sendgrid = fast.sendgrid.model_copy(update={"host": emulator.url, "concurrency": 4})
+        settings = fast.model_copy(update={"sendgrid": sendgrid})
+        campaign = new_campaign(store, settings)
+
+        def operator(counts: Counter[str]) -> None:
+            if counts["sent"] and campaigns.get_campaign(store, campaign.id).status == "running":
+                campaigns.change_status(store, campaign.id, action, "by the test")
+
+        transport = SendGridTransport(settings, "SG.pause")
+        report = dispatcher(store, settings, transport, on_progress=operator).run(campaign.id)
+        transport.close()
+        delivered = sum(len(m.personalizations) for m in emulator.messages)
+
+    assert report.end == {"pause": "paused", "cancel": "cancelled"}[action]
+    # The batch whose progress triggered the action, plus at most the three others in flight then.
+    assert report.in_flight_at_stop <= 3
+    assert delivered == report.counts["sent"] <= 7 * 4
+    left = campaigns.report(store, campaign.id).counts
+    assert left[{"pause": "queued", "cancel": "cancelled"}[action]] == 60 - delivered
+    assert not left["sending"]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_stop_event_finishes_in_flight_batches_and_leaves_nothing_sending(
     store: Store, fast: Settings, audience: list[str], processes: int

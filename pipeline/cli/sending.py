@@ -85,7 +85,12 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> None:
     console.print(f"  this run: {_counts_line(run.counts)} in {run.elapsed:.1f} s")
     console.print(f"  campaign: {_counts_line(report.counts)} of {report.total:,} recipients")
     if run.stopped:
-        console.print(f"  [yellow]stopped ({run.why}); run the same command again to resume[/]")
+        after = (
+            f" after the {run.in_flight_at_stop} batch(es) already in flight, which are recorded"
+            if run.in_flight_at_stop
+            else ""
+        )
+        console.print(f"  [yellow]stopped ({run.why}){after}; run the same command again to resume[/]")
     if report.counts[DeliveryStatus.IN_DOUBT]:
         console.print(
             f"  [yellow]{report.counts['in_doubt']} recipient(s) in doubt[/]: the transport may have accepted them. "

@@ -39,6 +39,7 @@ class Job(NamedTuple):
     """One claim on its way to the transport: all a worker needs besides what it got at start."""
 
     campaign_id: int
+    batch_id: str
     rows: list[ClaimedRow]
     send_at: int | None
     """Unix time the provider should deliver at (``Batch.send_at``); None: now."""

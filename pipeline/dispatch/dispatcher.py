@@ -68,6 +68,8 @@ class RunReport:
     end: RunEnd = RunEnd.DONE
     detail: str | None = None
     """What the transport said, when it was unavailable."""
+    in_flight_at_stop: int = 0
+    """Batches already handed over when a stop (pause, cancel, signal…) was seen: they still went out."""
     elapsed: float = 0.0
 
     @property
@@ -84,6 +86,8 @@ class RunReport:
 ProgressCallback = Callable[[Counter[str]], None]
 Submit = Callable[[Job], "Future[list[Outcome]]"]
 _Stop = tuple[RunEnd, str | None]
+_PACE_SLICE = 0.05
+"""While pacing with batches in flight, how often a stop signal is looked for (seconds)."""
 _ENDS_BY_STATUS = {CampaignStatus.PAUSED: RunEnd.PAUSED, CampaignStatus.CANCELLED: RunEnd.CANCELLED}
 
 
@@ -156,8 +160,9 @@ class Dispatcher:
         rendered = campaigns.load_rendered(self.store, campaign_id)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
         try:
-            with _rare_collections(), self._couriers(rendered) as (submit, in_flight):
-                report.end, report.detail = self._loop(run, submit, in_flight)
+            with _rare_collections(), self._couriers(rendered) as (submit, limit):
+                report.end, report.detail = self._loop(run, submit, limit)
+                report.in_flight_at_stop = run.in_flight_at_stop
         finally:
             ledger.end_run(self.store, run.run_id)
         report.campaign = campaigns.finish_if_done(self.store, campaign_id)
@@ -177,56 +182,64 @@ class Dispatcher:
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
             yield (lambda job: threads.submit(courier.deliver, job)), self.transport.concurrency
 
-    def _loop(self, run: _Run, submit: Submit, limit: int) -> tuple[RunEnd, str | None]:
-        """Keep ``limit`` batches in flight; record each as soon as it returns. Returns why it ended."""
-        stopped: _Stop | None = None
-        in_flight: dict[Future[list[Outcome]], str] = {}
+    def _loop(self, run: _Run, submit: Submit, limit: int) -> _Stop:
+        """Keep ``limit`` batches in flight; record each as soon as it returns. Returns why it ended.
+
+        Pause, cancel, the health guard and a stop signal are looked for before every claim, so at
+        most the batches already in flight go out after one of them."""
         while True:
-            if stopped is None:
-                stopped = self._why_stop(run.campaign_id)
-            # The stop is re-checked before every claim: a signal that lands while a batch is
-            # being paced lets no further batch be claimed.
-            while stopped is None and len(in_flight) < limit:
-                if self.stop.is_set():
-                    stopped = (RunEnd.INTERRUPTED, None)
+            while run.stopped is None and len(run.in_flight) < limit:
+                run.stopped = self._why_stop(run)
+                if run.stopped is not None:
+                    run.in_flight_at_stop = len(run.in_flight)
                     break
-                batch_id = f"{run.run_id}-{next(run.batches)}"
-                job = self._claim(run, batch_id)
+                job = self._claim(run)
                 if job is None:
                     if self.stop.is_set():  # the signal landed while this claim waited for the pace
-                        stopped = (RunEnd.INTERRUPTED, None)
+                        run.stopped = (RunEnd.INTERRUPTED, None)
+                        run.in_flight_at_stop = len(run.in_flight)
                     break
-                in_flight[submit(job)] = batch_id
+                run.in_flight[submit(job)] = job.batch_id
                 # Rows wait in `sending` only while their batch is really out: record what is back.
-                stopped = self._record([f for f in in_flight if f.done()], in_flight, run) or stopped
-            if not in_flight:
-                return stopped or (RunEnd.DONE, None)
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            stopped = self._record(list(done), in_flight, run) or stopped
+                self._record([f for f in run.in_flight if f.done()], run)
+            if not run.in_flight:
+                return run.stopped or (RunEnd.DONE, None)
+            done, _ = wait(run.in_flight, return_when=FIRST_COMPLETED)
+            self._record(list(done), run)
 
-    def _record(
-        self, done: list[Future[list[Outcome]]], in_flight: dict[Future[list[Outcome]], str], run: _Run
-    ) -> _Stop | None:
-        """Write finished batches to the ledger; a reason to stop if the transport is unavailable."""
-        stopped: _Stop | None = None
+    def _record(self, done: list[Future[list[Outcome]]], run: _Run) -> None:
+        """Write finished batches to the ledger; if the transport was unavailable, stop the run."""
         for future in done:
             outcomes = future.result()
-            run.counts.update(ledger.record(self.store, outcomes, (run.campaign_id, in_flight.pop(future))))
+            batch = (run.campaign_id, run.in_flight.pop(future))
+            run.counts.update(ledger.record(self.store, outcomes, batch))
             unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
-            if unsent:
-                stopped = (RunEnd.TRANSPORT_UNAVAILABLE, unsent)
+            if unsent and run.stopped is None:
+                run.stopped = (RunEnd.TRANSPORT_UNAVAILABLE, unsent)
+                run.in_flight_at_stop = len(run.in_flight)
             self._progress(run)
-        return stopped
 
-    def _why_stop(self, campaign_id: int) -> _Stop | None:
+    def _pace(self, seconds: float, run: _Run) -> None:
+        """Wait out the pace while recording the batches that come back meanwhile: a batch the
+        transport has answered never waits in `sending` for the next claim's turn."""
+        deadline = time.monotonic() + seconds
+        while run.in_flight and not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            done, _ = wait(run.in_flight, timeout=min(left, _PACE_SLICE), return_when=FIRST_COMPLETED)
+            self._record(list(done), run)
+        self.stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def _why_stop(self, run: _Run) -> _Stop | None:
         if self.stop.is_set():
             return (RunEnd.INTERRUPTED, None)
-        status = campaigns.get_campaign(self.store, campaign_id).status
+        status = campaigns.get_campaign(self.store, run.campaign_id).status
         if status == CampaignStatus.RUNNING:
             return None
         return (_ENDS_BY_STATUS.get(status, RunEnd.DONE), None)
 
-    def _claim(self, run: _Run, batch_id: str) -> Job | None:
+    def _claim(self, run: _Run) -> Job | None:
         """The next batch to send, paced by the rate limit; None when no queued row is due.
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
@@ -238,9 +251,10 @@ class Dispatcher:
             )
             if not waiting:
                 return None
-            self.limiter.acquire(waiting)
-            if self.stop.is_set():
+            self.limiter.acquire(waiting, sleep=(lambda s: self._pace(s, run)) if run.in_flight else None)
+            if self.stop.is_set() or run.stopped is not None:
                 return None
+        batch_id = f"{run.run_id}-{next(run.batches)}"
         while True:
             now = self.now()
             claim = ledger.claim(
@@ -260,7 +274,9 @@ class Dispatcher:
             if not claim.skipped:
                 return None
         later = claim.send_at if claim.send_at is not None and claim.send_at > now else None
-        return Job(run.campaign_id, claim.rows, int(later.timestamp()) if later is not None else None)
+        return Job(
+            run.campaign_id, batch_id, claim.rows, int(later.timestamp()) if later is not None else None
+        )
 
     def _progress(self, run: _Run) -> None:
         if self.on_progress:
@@ -285,7 +301,13 @@ def _rare_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
 
 @dataclass(slots=True)
 class _Run:
+    """One run's working state, kept on the dispatcher's own thread."""
+
     campaign_id: int
     run_id: str
     counts: Counter[str]
     batches: Iterator[int] = field(default_factory=itertools.count)
+    in_flight: dict[Future[list[Outcome]], str] = field(default_factory=dict)
+    """Batches handed to the couriers and not yet recorded, with their batch ids."""
+    stopped: _Stop | None = None
+    in_flight_at_stop: int = 0

@@ -34,11 +34,12 @@ class RateLimiter:
             self._tokens, self._updated = tokens - count, now
             return True
 
-    def acquire(self, count: int = 1) -> float:
+    def acquire(self, count: int = 1, *, sleep: Callable[[float], object] | None = None) -> float:
         """Block until ``count`` messages may go; returns the seconds waited.
 
         Callers reserve their slot under the lock and sleep outside it, so concurrent threads queue in
-        order; a batch larger than the bucket simply waits long enough to pay for itself.
+        order; a batch larger than the bucket simply waits long enough to pay for itself. ``sleep``
+        spends this one wait otherwise (the dispatcher records returning batches meanwhile).
         """
         with self._lock:
             now = self._clock()
@@ -48,5 +49,5 @@ class RateLimiter:
             self._tokens = tokens + wait * self.rate - count
             self._updated = now + wait
         if wait > 0:
-            self._sleep(wait)
+            (sleep or self._sleep)(wait)
         return wait
