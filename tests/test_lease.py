@@ -31,6 +31,7 @@ from tests.scheduling import (
     tuned,
     write_issue,
 )
+from tests.system import dead_pid
 
 T = TypeVar("T")
 START = dt.datetime(2027, 1, 4, 12, 0, tzinfo=dt.UTC)
@@ -106,6 +107,27 @@ def test_a_lease_whose_holder_died_is_taken_over_after_it_expires(store: Store) 
         START + dt.timedelta(seconds=60),
     )
     assert not dead.acquire(START + dt.timedelta(seconds=61))  # back from the dead: it must wait
+
+
+def test_a_holder_that_died_on_this_host_is_taken_over_at_once(store: Store) -> None:
+    """A scheduler SIGKILLed and restarted on the same machine does not wait out its own lease."""
+    dead = Lease(store, 300, holder=f"{socket.gethostname()}:{dead_pid()}:killed")
+    assert dead.acquire(START)
+    state = read_lease(store)
+    assert state is not None and state.holder_gone and not state.expired(START)
+
+    restarted = Lease(store, 300)
+    assert restarted.acquire(START + dt.timedelta(seconds=1))
+    state = read_lease(store)
+    assert state is not None and state.holder == restarted.holder and not state.holder_gone
+
+
+def test_a_live_holder_or_one_on_another_host_is_not_taken_over_early(store: Store) -> None:
+    for holder in (f"{socket.gethostname()}:{os.getpid()}:alive", f"elsewhere:{dead_pid()}:remote"):
+        other = Lease(store, 300, holder=holder)
+        assert other.acquire(START)
+        assert not Lease(store, 300).acquire(START + dt.timedelta(seconds=1)), holder
+        other.release(START)
 
 
 @pytest.mark.parametrize("expired_holder", [None, "gone:1:dead"])

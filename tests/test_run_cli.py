@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import socket
 import sqlite3
 import tomllib
 from contextlib import closing
@@ -21,6 +22,7 @@ from tests.mail import outbox_files
 from tests.paths import REPO
 from tests.scheduling import issues_dir, write_issue
 from tests.sendproc import SendProject, dump_settings
+from tests.system import dead_pid
 
 TODAY = utcnow().date()
 
@@ -96,6 +98,23 @@ def test_run_once_waits_while_another_scheduler_holds_the_lease(run: CliInvoker,
     status = run("status")
     assert "Scheduler: running as elsewhere:42:abcd" in status.output
     assert "Due now: " in status.output and "the next tick sends it" in status.output
+
+
+def test_after_a_kill_status_says_the_holder_died_and_run_once_takes_over_at_once(
+    run: CliInvoker, project: Path
+) -> None:
+    settings = load_settings(project / "scheduled.toml")
+    write_issue(settings, TODAY, "today")
+    killed = f"{socket.gethostname()}:{dead_pid()}:killed"
+    with open_store(settings) as store:
+        assert Lease(store, 300, holder=killed).acquire(utcnow())
+
+    status = run("status")
+    assert f"Scheduler: not running ({killed} died" in status.output
+
+    result = run("run", "--once")
+    assert "Another scheduler holds the lease" not in result.output
+    assert len(outbox_files(project / "outbox")) > 0
 
 
 def test_run_once_with_reader_time_zones_starts_the_campaign_and_status_shows_who_waits(

@@ -105,6 +105,11 @@ def print_agenda(view: Agenda) -> None:
     tz, now = view.zone, view.now
     if view.lease is None:
         console.print("Scheduler: [yellow]not running[/] (it never ran against this store)")
+    elif view.lease.holder_gone:
+        console.print(
+            f"Scheduler: [yellow]not running[/] ({view.lease.holder} died; the next `newsletter run` "
+            "takes over at once)"
+        )
     elif view.lease.expired(now):
         console.print(
             f"Scheduler: [yellow]not running[/] (last {view.lease.holder}, stopped or silent since "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from sqlalchemy import Subquery, bindparam, exists, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Connection
 
+from pipeline import liveness
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
 from pipeline.store.tables import deliveries, dispatch_runs, subscribers, suppressions
@@ -115,7 +115,7 @@ def start_run(store: Store, campaign_id: int) -> str:
             dispatch_runs.insert().values(
                 id=run_id,
                 campaign_id=campaign_id,
-                host=socket.gethostname(),
+                host=liveness.this_host(),
                 pid=os.getpid(),
                 started_at=now,
                 heartbeat_at=now,
@@ -130,17 +130,7 @@ def end_run(store: Store, run_id: str) -> None:
 
 
 def _alive(host: str, pid: int, heartbeat_at: dt.datetime, now: dt.datetime) -> bool:
-    if now - heartbeat_at > STALE_AFTER:
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return now - heartbeat_at <= STALE_AFTER and not liveness.gone(host, pid)
 
 
 def mark_in_doubt(store: Store, campaign_id: int) -> int:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 
 from sqlalchemy import case, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from pipeline import liveness
 from pipeline.errors import StoreError
 from pipeline.store.engine import Store
 from pipeline.store.tables import UtcDateTime, leases
@@ -29,7 +29,15 @@ SCHEDULER = "scheduler"
 
 def holder_id() -> str:
     """``host:pid:random``: says where the holder runs, and differs between two runs of one pid."""
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{liveness.this_host()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def holder_gone(holder: str) -> bool:
+    """True when the holder (``host:pid:random``) was a process on this host that no longer exists."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    return liveness.gone(parts[0], int(parts[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,11 @@ class LeaseState:
 
     def expired(self, now: dt.datetime) -> bool:
         return self.expires_at <= now
+
+    @property
+    def holder_gone(self) -> bool:
+        """Its holder died on this host: the lease is free although it has not expired."""
+        return holder_gone(self.holder)
 
 
 class Lease:
@@ -55,12 +68,19 @@ class Lease:
         self.duration = dt.timedelta(seconds=seconds)
 
     def acquire(self, now: dt.datetime) -> bool:
-        """Take the lease, or renew it if we hold it; False while someone else holds it unexpired."""
+        """Take the lease, or renew it if we hold it; False while someone else holds it unexpired.
+
+        A holder that died on this host (its pid is gone) is taken over at once, expired or not.
+        """
         c = leases.c
+        free = or_(c.holder == self.holder, c.expires_at <= now)
+        held = self.current()
+        if held is not None and held.holder != self.holder and held.holder_gone:
+            free = or_(free, c.holder == held.holder)  # still that dead holder when we update
         with self.store.write() as conn:
             renewed = conn.execute(
                 update(leases)
-                .where(c.name == self.name, or_(c.holder == self.holder, c.expires_at <= now))
+                .where(c.name == self.name, free)
                 .values(
                     holder=self.holder,
                     acquired_at=case(
