@@ -254,7 +254,7 @@ def test_a_429_and_503_storm_through_sendgrid_still_reaches_everyone_once(
             fast.model_copy(update={"sendgrid": config}), "SG.dispatch", sleep=lambda s: None
         )
         report = dispatcher(store, fast, transport).run(new_campaign(store, fast).id)
-        assert report.campaign.status == "finished"
+        assert report.campaign.status == "finished", report
         assert Counter(emulator.recipients()) == Counter(audience)
         assert transport.stats.retries >= 4
 

@@ -14,6 +14,11 @@ from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.status import Agenda, agenda
 from pipeline.schedule.tickreport import TickReport
 from pipeline.store.engine import open_store, utcnow
+from pipeline.store.statuses import DeliveryStatus
+
+SHOWN = (DeliveryStatus.QUEUED, DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.IN_DOUBT)
+"""The ledger columns of `newsletter status`'s campaign table."""
+COLOURS = {"failed": "red", "missed": "yellow", "unfinished": "yellow", "started": "green"}
 
 
 def _when(moment: dt.datetime, tz_name: str) -> str:
@@ -29,7 +34,7 @@ def _ago(delta: dt.timedelta) -> str:
 def print_tick(report: TickReport, tz_name: str, *, quiet: bool = False) -> None:
     """What one tick did, a line per issue, for `run --once`; ``quiet`` prints only when it did
     something or something needs attention (so cron mails only then)."""
-    if quiet and not report.outcomes:
+    if quiet and not report.outcomes and not report.in_doubt:
         return
     if report.waiting_for_lease and report.holder is not None:
         console.print(
@@ -46,17 +51,17 @@ def print_tick(report: TickReport, tz_name: str, *, quiet: bool = False) -> None
                 f"{outcome.slug}: campaign #{outcome.campaign_id}: {done or 'nothing due'}; "
                 f"[bold]{run.campaign.status}[/]{stopped}"
             )
-            if run.found_in_doubt:
-                console.print(
-                    f"  [yellow]{run.found_in_doubt} in doubt[/]: decide with "
-                    f"`newsletter campaigns resolve {outcome.campaign_id} --resend` or `--mark-sent`"
-                )
         else:
-            colour = {"failed": "red", "missed": "yellow", "started": "green"}.get(outcome.action, "")
+            colour = COLOURS.get(outcome.action, "")
             label = f"[{colour}]{outcome.action}[/]" if colour else outcome.action
             console.print(f"{outcome.slug}: {label}: {outcome.detail}")
     if not report.outcomes:
         console.print("Nothing due.")
+    for campaign_id, slug, count in report.in_doubt:
+        console.print(
+            f"{slug}: campaign #{campaign_id}: [yellow]{count:,} in doubt[/]: decide with "
+            f"`newsletter campaigns resolve {campaign_id} --resend` or `--mark-sent`"
+        )
     if report.next_slot:
         slot = report.next_slot
         console.print(f"Next: {slot.slug}, due {_when(slot.due_at, tz_name)}.")
@@ -95,10 +100,16 @@ def run(ctx: CliContext, once: bool) -> None:
 @click.command("status")
 @pass_context
 def status(ctx: CliContext) -> None:
-    """The scheduler at a glance: next and last issue, due and missed ones, lease, campaigns in flight."""
+    """The scheduler at a glance: next and last issue, due and missed ones, lease, campaigns in flight.
+
+    Exits 1 while any campaign has recipients in doubt (`campaigns resolve` decides about them).
+    """
     settings = ctx.settings
     with open_store(settings) as store:
-        print_agenda(agenda(store, settings, utcnow()))
+        view = agenda(store, settings, utcnow())
+    print_agenda(view)
+    if any(state.counts[DeliveryStatus.IN_DOUBT] for state in view.campaigns):
+        raise SystemExit(1)
 
 
 def print_agenda(view: Agenda) -> None:
@@ -168,7 +179,7 @@ def print_agenda(view: Agenda) -> None:
             str(c.id),
             c.issue_slug,
             c.status,
-            *(f"{counts[s]:,}" for s in ("queued", "sent", "failed", "in_doubt")),
+            *(f"{counts[s]:,}" for s in SHOWN),
             waiting or "-",
         )
     console.print(table)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from pipeline.cli.context import CliContext, console, console_err, pass_context, shown, stop_on_signals
 from pipeline.dispatch import campaigns, dispatcher, single
-from pipeline.dispatch.campaigns import Campaign
+from pipeline.dispatch.campaigns import Campaign, CampaignReport
 from pipeline.dispatch.dispatcher import RunEnd, RunReport
 from pipeline.dispatch.plan import plan_send, start_campaign
 from pipeline.render.links import Links
@@ -74,7 +74,22 @@ def _counts_line(counts: Counter[str]) -> str:
     )
 
 
-def print_report(settings: Settings, store: Store, run: RunReport) -> None:
+def print_in_doubt(report: CampaignReport) -> None:
+    """What the operator must decide, if anything: said by every command that reports a campaign."""
+    if report.in_doubt:
+        console.print(
+            f"  [yellow]{report.in_doubt:,} recipient(s) in doubt[/]: the transport may have accepted them. "
+            f"Decide with `newsletter campaigns resolve {report.campaign.id} --resend` or `--mark-sent`."
+        )
+
+
+def exit_if_in_doubt(report: CampaignReport) -> None:
+    """Exit 1 while any recipient of the campaign is in doubt: scripts and cron must notice."""
+    if report.in_doubt:
+        raise SystemExit(1)
+
+
+def print_report(settings: Settings, store: Store, run: RunReport) -> CampaignReport:
     """The end-of-run summary: what this run did, where the campaign stands, what needs a decision."""
     campaign = run.campaign
     report = campaigns.report(store, campaign.id)
@@ -91,16 +106,13 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> None:
             else ""
         )
         console.print(f"  [yellow]stopped ({run.why}){after}; run the same command again to resume[/]")
-    if report.counts[DeliveryStatus.IN_DOUBT]:
-        console.print(
-            f"  [yellow]{report.counts['in_doubt']} recipient(s) in doubt[/]: the transport may have accepted them. "
-            f"Decide with `newsletter campaigns resolve {campaign.id} --resend` or `--mark-sent`."
-        )
+    print_in_doubt(report)
     if campaign.transport == "outbox":
         folder = OutboxTransport(settings.path(settings.delivery.outbox_dir)).folder(
             campaign.id, campaign.issue_slug
         )
         console.print(f"  messages are in {shown(folder)}/")
+    return report
 
 
 @click.command()
@@ -172,6 +184,9 @@ def send(
                 CampaignStatus.PAUSED: f"resume it with `newsletter campaigns resume {plan.campaign.id}`"
             }.get(plan.campaign.status, "nothing to send")
             console.print(f"Campaign #{plan.campaign.id} is {plan.campaign.status}: {hint}.")
+            report = campaigns.report(store, plan.campaign.id)
+            print_in_doubt(report)
+            exit_if_in_doubt(report)
             return
         if plan.campaign is None and plan.total == 0:
             console.print(
@@ -179,15 +194,17 @@ def send(
             )
             raise SystemExit(1)
         chosen = transport or settings.delivery.transport
+        open_transport(settings, chosen).close()  # a transport that cannot open freezes nothing
         if not yes and not click.confirm(
             f"Send to {plan.total:,} recipients through {chosen}?", default=False
         ):
             raise click.Abort()
         campaign, _ = start_campaign(store, plan, chosen)
         run = run_campaign(settings, store, campaign, transport)
-        print_report(settings, store, run)
+        report = print_report(settings, store, run)
         if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
             raise SystemExit(1)
+        exit_if_in_doubt(report)
 
 
 @click.group(invoke_without_command=True)
@@ -200,7 +217,8 @@ def campaigns_group(click_ctx: click.Context, ctx: CliContext) -> None:
             table = Table(
                 "id", "issue", "segments", "status", "queued", "sent", "failed", "skipped", "in doubt"
             )
-            for campaign, counts in campaigns.list_campaigns(store):
+            listed = campaigns.list_campaigns(store)
+            for campaign, counts in listed:
                 table.add_row(
                     str(campaign.id),
                     campaign.issue_slug,
@@ -209,6 +227,13 @@ def campaigns_group(click_ctx: click.Context, ctx: CliContext) -> None:
                     *(f"{counts[s]:,}" for s in LISTED),
                 )
             console.print(table)
+        undecided = [c.id for c, counts in listed if counts[DeliveryStatus.IN_DOUBT]]
+        if undecided:
+            console.print(
+                f"[yellow]Recipients in doubt in campaign(s) {', '.join(f'#{i}' for i in undecided)}[/]: "
+                "`newsletter campaigns show ID` says how many, `campaigns resolve ID` decides."
+            )
+            raise SystemExit(1)
 
 
 @campaigns_group.command("show")
@@ -231,6 +256,8 @@ def show(ctx: CliContext, campaign_id: int) -> None:
     table = Table("status", "recipients")
     for status in DeliveryStatus:
         table.add_row(status.replace("_", " "), f"{report.counts[status]:,}")
+        if status is DeliveryStatus.SENT and report.marked_sent:
+            table.add_row("  of which marked sent by the operator", f"{report.marked_sent:,}")
     table.add_row("[bold]total[/]", f"[bold]{report.total:,}[/]")
     console.print(table)
     if report.errors:
@@ -238,6 +265,8 @@ def show(ctx: CliContext, campaign_id: int) -> None:
         for row_status, reason, count in report.errors:
             errors.add_row(row_status.replace("_", " "), reason, f"{count:,}")
         console.print(errors)
+    print_in_doubt(report)
+    exit_if_in_doubt(report)
 
 
 def _change(ctx: CliContext, campaign_id: int, action: str) -> campaigns.Campaign:
@@ -269,7 +298,10 @@ def resume(ctx: CliContext, campaign_id: int, transport: str | None) -> None:
         if campaign.status == CampaignStatus.PAUSED:
             campaign = campaigns.change_status(store, campaign_id, "resume")
         run = run_campaign(settings, store, campaign, transport)
-        print_report(settings, store, run)
+        report = print_report(settings, store, run)
+    if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
+        raise SystemExit(1)
+    exit_if_in_doubt(report)
 
 
 @campaigns_group.command("cancel")

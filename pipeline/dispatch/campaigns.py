@@ -24,7 +24,7 @@ from pipeline.dispatch import ledger
 from pipeline.errors import DispatchError, StoreError
 from pipeline.render.renderer import RenderedIssue, SplitTemplate
 from pipeline.store.engine import Store, utcnow
-from pipeline.store.statuses import CampaignStatus
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
 from pipeline.store.tables import campaigns
 
 TRANSITIONS: dict[str, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
@@ -79,6 +79,13 @@ class CampaignReport:
     counts: Counter[str]
     errors: list[tuple[str, str, int]]
     """(status, reason, how many) for failed, skipped and in-doubt rows, most common first."""
+    marked_sent: int = 0
+    """Of the ``sent`` rows, those the operator recorded as sent without knowing (``--mark-sent``)."""
+
+    @property
+    def in_doubt(self) -> int:
+        """Rows whose fate is unknown, those a dead run still holds included: the operator must decide."""
+        return self.counts[DeliveryStatus.IN_DOUBT]
 
     @property
     def total(self) -> int:
@@ -256,7 +263,10 @@ def report(store: Store, campaign_id: int) -> CampaignReport:
     with store.read() as conn:
         campaign = _get(conn, campaign_id)
         return CampaignReport(
-            campaign, ledger.status_counts(conn, campaign_id), ledger.errors(conn, campaign_id)
+            campaign,
+            ledger.status_counts(conn, campaign_id),
+            ledger.errors(conn, campaign_id),
+            ledger.marked_sent(conn, campaign_id),
         )
 
 

@@ -49,6 +49,8 @@ class Claim:
 
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 """Rows still on their way: a campaign with none left is finished."""
+MARKED_SENT = "marked sent by the operator (outcome unknown)"
+"""The note on a row the operator resolved as sent: it tells such rows from those a transport accepted."""
 NEEDS_A_LOOK = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN_DOUBT)
 """Rows whose reason a report lists."""
 
@@ -95,7 +97,7 @@ def resolve_in_doubt(conn: Connection, campaign_id: int, *, resend: bool) -> int
     values = (
         {"status": DeliveryStatus.QUEUED, "run_id": None, "claimed_at": None, "error": None}
         if resend
-        else {"status": DeliveryStatus.SENT, "error": "marked sent by the operator (outcome unknown)"}
+        else {"status": DeliveryStatus.SENT, "error": MARKED_SENT}
     )
     d = deliveries.c
     result = conn.execute(
@@ -307,12 +309,43 @@ def _record_group(conn: Connection, guarded: Any, status: str, group: list[Outco
 
 
 def status_counts(conn: Connection, campaign_id: int) -> Counter[str]:
+    """Rows by status, as an operator should read them: rows a dead run left ``sending`` count as
+    ``in_doubt`` already (the next run marks them so), not as if they were on their way."""
+    d = deliveries.c
     rows = conn.execute(
-        select(deliveries.c.status, func.count())
-        .where(deliveries.c.campaign_id == campaign_id)
-        .group_by(deliveries.c.status)
+        select(d.status, func.count()).where(d.campaign_id == campaign_id).group_by(d.status)
     ).all()
-    return Counter({status: int(n) for status, n in rows})
+    counts = Counter({status: int(n) for status, n in rows})
+    if counts[DeliveryStatus.SENDING]:
+        orphaned = _held_by_dead_runs(conn, campaign_id)
+        counts[DeliveryStatus.SENDING] -= orphaned
+        counts[DeliveryStatus.IN_DOUBT] += orphaned
+    return +counts
+
+
+def _held_by_dead_runs(conn: Connection, campaign_id: int) -> int:
+    d, r = deliveries.c, dispatch_runs.c
+    held = conn.execute(
+        select(d.run_id, r.host, r.pid, r.heartbeat_at, r.ended_at, func.count())
+        .select_from(deliveries.outerjoin(dispatch_runs, r.id == d.run_id))
+        .where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENDING)
+        .group_by(d.run_id, r.host, r.pid, r.heartbeat_at, r.ended_at)
+    ).all()
+    now = utcnow()
+    return sum(
+        int(n)
+        for run_id, host, pid, heartbeat_at, ended_at, n in held
+        if run_id is None or host is None or ended_at is not None or not _alive(host, pid, heartbeat_at, now)
+    )
+
+
+def marked_sent(conn: Connection, campaign_id: int) -> int:
+    """Rows the operator recorded as sent without knowing (``resolve --mark-sent``)."""
+    d = deliveries.c
+    query = select(func.count()).where(
+        d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT, d.error == MARKED_SENT
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def unfinished(counts: Counter[str]) -> int:

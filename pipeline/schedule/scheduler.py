@@ -38,7 +38,8 @@ from pipeline.schedule.tickreport import IssueOutcome, TickReport
 from pipeline.schedule.timetable import Slot, Timetable
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
-from pipeline.transports import Transport
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus
+from pipeline.transports import Transport, open_transport
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,22 @@ class Scheduler:
                 break
             self._guarded(report, decision.issue_slug, partial(self._send, decision, by_slug, report))
         report.next_slot = next((s for s in slots if s.due_at > now and s.slug not in decided), None)
+        self._look_after_the_rest(report)
+
+    def _look_after_the_rest(self, report: TickReport) -> None:
+        """Every campaign with recipients in doubt, and every running one the scheduler did not start
+        that still has people queued (a `send` that stopped): reported each tick until dealt with."""
+        linked = {d.campaign_id for d in decisions.all_decisions(self.store).values()}
+        for campaign, counts in campaigns.list_campaigns(self.store):
+            if counts[DeliveryStatus.IN_DOUBT]:
+                report.in_doubt.append((campaign.id, campaign.issue_slug, counts[DeliveryStatus.IN_DOUBT]))
+            queued = counts[DeliveryStatus.QUEUED]
+            if campaign.id not in linked and campaign.status == CampaignStatus.RUNNING and queued:
+                detail = (
+                    f"campaign #{campaign.id} was started outside the scheduler and stopped with "
+                    f"{queued:,} queued; `newsletter campaigns resume {campaign.id}` sends them"
+                )
+                report.outcomes.append(IssueOutcome(campaign.issue_slug, "unfinished", detail, campaign.id))
 
     def _hold(self, now: dt.datetime, report: TickReport) -> bool:
         try:
@@ -186,6 +203,7 @@ class Scheduler:
         # Checked before deciding: an issue with errors stays undecided, so a fix within the
         # catch-up window still goes out.
         rendered = None if existing else checked_issue(slot.path, self.settings, self.links)[1]
+        self._open(self.settings.delivery.transport).close()  # nothing is decided for a dead transport
         if decisions.decide(self.store, slot.slug, slot.due_at, "started", now):
             campaign = self._campaign(slot, rendered)
             report.outcomes.append(
@@ -251,6 +269,9 @@ class Scheduler:
         report.outcomes.append(IssueOutcome(slug, "sent", run.campaign.status, campaign.id, run))
         if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
             raise DispatchError(f"campaign #{campaign.id}: {run.why}")
+
+    def _open(self, name: str) -> Transport:
+        return self.transports(name) if self.transports else open_transport(self.settings, name)
 
     def _keep_lease(self, halt: threading.Event) -> None:
         """After each batch: renew the lease now and then; if another instance took it, stop sending."""

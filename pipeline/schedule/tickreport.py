@@ -12,13 +12,16 @@ from pipeline.dispatch.dispatcher import RunReport
 from pipeline.schedule.lease import LeaseState
 from pipeline.schedule.timetable import Slot
 
+NEEDS_THE_OPERATOR = ("failed", "missed", "unfinished")
+
 
 @dataclass(frozen=True, slots=True)
 class IssueOutcome:
     """What a tick did about one issue.
 
     ``started`` (decided and its campaign created), ``missed`` (decided: too late), ``sent`` (a
-    dispatch run, with its report), ``waiting`` (its rows are not due yet), ``failed`` (with why).
+    dispatch run, with its report), ``waiting`` (its rows are not due yet), ``failed`` (with why),
+    ``unfinished`` (a campaign started by hand that stopped with people still queued).
     """
 
     slug: str
@@ -35,6 +38,8 @@ class TickReport:
     """Set when another instance holds the lease and this tick did nothing."""
     outcomes: list[IssueOutcome] = field(default_factory=list)
     next_slot: Slot | None = None
+    in_doubt: list[tuple[int, str, int]] = field(default_factory=list)
+    """(campaign id, issue, recipients) for every campaign with recipients in doubt, whoever sent it."""
 
     @property
     def waiting_for_lease(self) -> bool:
@@ -45,9 +50,6 @@ class TickReport:
 
     @property
     def ok(self) -> bool:
-        """False when something needs the operator: a failure, a missed issue, rows in doubt."""
-        return not self.of("failed") and not self.of("missed") and not self.in_doubt
-
-    @property
-    def in_doubt(self) -> int:
-        return sum(o.run.found_in_doubt for o in self.outcomes if o.run is not None)
+        """False when something needs the operator: a failure, a missed issue, a stalled campaign,
+        recipients in doubt in any campaign."""
+        return not any(self.of(action) for action in NEEDS_THE_OPERATOR) and not self.in_doubt
