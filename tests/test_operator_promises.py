@@ -5,6 +5,7 @@ in doubt (those a dead run still holds included) and exits 1 until the operator 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from pipeline.store.engine import Store, open_store
 from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports import Transport
 from tests.fixtures.project import CliInvoker, cli_invoker
-from tests.mail import outbox_transport
+from tests.mail import outbox_files, outbox_transport, parse_message
 from tests.scheduling import AUDIENCE, ManualClock, at_seven, issues_dir, readers_in_zones, tuned, write_issue
 from tests.system import dead_pid
 
@@ -153,3 +154,39 @@ def test_the_scheduler_decides_nothing_while_the_transport_cannot_open(
     broken = False
     clock.advance(dt.timedelta(minutes=1))
     assert [o.action for o in sched.tick().outcomes] == ["started", "sent"]
+
+
+def test_a_second_campaign_of_an_issue_skips_everyone_the_first_reached_and_dry_run_says_so(
+    run: CliInvoker, project: Path
+) -> None:
+    run("send", ISSUE, "--yes", "--segment", "toddlers")
+    toddlers = len(outbox_files(project / "outbox"))
+    assert toddlers > 0
+
+    dry = run("send", ISSUE, "--dry-run", "--segment", "everyone").output
+    (line,) = [line for line in dry.splitlines() if "already sent this issue" in line]
+    assert line.split("│")[-2].strip() == str(toddlers)
+
+    second = run("send", ISSUE, "--yes", "--segment", "everyone").output
+    assert f"{50 - toddlers} sent" in second and f"{toddlers} skipped" in second
+    recipients = Counter(parse_message(f.read_bytes())["To"] for f in outbox_files(project / "outbox"))
+    assert len(recipients) == 50 and set(recipients.values()) == {1}, "one copy each"
+    shown = run("campaigns", "show", "2").output
+    assert "already sent this issue in campaign #1" in shown
+
+
+def test_two_campaigns_of_an_issue_started_before_either_sent_still_give_one_copy_each(
+    run: CliInvoker, project: Path
+) -> None:
+    """Both frozen first (nobody reached yet), so the second skips at its claims, not at its freeze."""
+    settings = load_settings(project / "settings.toml")
+    with open_store(settings) as store:
+        links = Links(settings, store.signer)
+        for segment in ("toddlers", "everyone"):
+            start_campaign(store, plan_send(store, settings, project / ISSUE, links, (segment,)), "outbox")
+
+    run("campaigns", "resume", "1")
+    run("campaigns", "resume", "2")
+
+    recipients = Counter(parse_message(f.read_bytes())["To"] for f in outbox_files(project / "outbox"))
+    assert len(recipients) == 50 and set(recipients.values()) == {1}

@@ -47,7 +47,7 @@ def scenario(store: Store, settings: Settings, tmp_path: Path) -> tuple[int, int
         + [on("click", moms[0], url=A), on("spamreport", moms[1]), on("unsubscribe", toddlers[2])],
     )
     unsubscribe(store, toddlers[3], actor="unsubscribe-link")  # left after issue 1: credited to it
-    second = new_campaign(store, settings, ("everyone",))
+    second = new_campaign(store, settings, ("everyone",), "2026-12-08-realistic-expectations.yaml")
     send_everything(store, settings, second.id)
     unsubscribe(store, toddlers[4], actor="unsubscribe-link")  # left after issue 2: credited to that one
     return first.id, second.id

@@ -22,10 +22,10 @@ ISSUE = "2026-12-01-name-it-to-tame-it.yaml"
 
 
 def new_campaign(
-    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",)
+    store: Store, settings: Settings, segments: tuple[str, ...] = ("everyone",), issue: str = ISSUE
 ) -> campaigns.Campaign:
-    """A running campaign of the first sample issue, its audience frozen into queued ledger rows."""
-    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / ISSUE)
+    """A running campaign of a sample issue (the first), its audience frozen into queued ledger rows."""
+    issue_file = load_issue(settings.path(settings.newsletter.issues_dir) / issue)
     campaign, created = campaigns.create_campaign(store, render(issue_file, settings), segments, "outbox")
     assert created
     return campaign

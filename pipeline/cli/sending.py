@@ -167,6 +167,8 @@ def send(
         for name, count in plan.counts.items():
             table.add_row(name, f"{count:,}")
         table.add_row("[bold]all (each once)[/]", f"[bold]{plan.total:,}[/]")
+        if plan.already:
+            table.add_row("  of whom already sent this issue (skipped)", f"{plan.already:,}")
         console.print(table)
         if plan.campaign:
             console.print(
@@ -196,7 +198,7 @@ def send(
         chosen = transport or settings.delivery.transport
         open_transport(settings, chosen).close()  # a transport that cannot open freezes nothing
         if not yes and not click.confirm(
-            f"Send to {plan.total:,} recipients through {chosen}?", default=False
+            f"Send to {plan.total - plan.already:,} recipients through {chosen}?", default=False
         ):
             raise click.Abort()
         campaign, _ = start_campaign(store, plan, chosen)

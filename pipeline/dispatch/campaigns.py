@@ -127,6 +127,25 @@ def _get(conn: Connection, campaign_id: int) -> Campaign:
     return Campaign.from_row(row)
 
 
+def _same_issue(conn: Connection, slug: str, campaign_id: int) -> list[int]:
+    query = select(campaigns.c.id).where(campaigns.c.issue_slug == slug, campaigns.c.id != campaign_id)
+    return list(conn.execute(query).scalars())
+
+
+def same_issue(store: Store, campaign: Campaign) -> list[int]:
+    """The other campaigns of this campaign's issue: whoever one of them reached is skipped here."""
+    with store.read() as conn:
+        return _same_issue(conn, campaign.issue_slug, campaign.id)
+
+
+def already_reached(store: Store, slug: str, segments: Sequence[str]) -> int:
+    """How many of these segments' audience some campaign of this issue already reached (or may have)."""
+    audience = segment_select(store, segments).subquery()
+    with store.read() as conn:
+        earlier = list(conn.execute(select(campaigns.c.id).where(campaigns.c.issue_slug == slug)).scalars())
+        return ledger.count_reached(conn, audience, earlier) if earlier else 0
+
+
 def get_campaign(store: Store, campaign_id: int) -> Campaign:
     with store.read() as conn:
         return _get(conn, campaign_id)
@@ -200,7 +219,7 @@ def create_campaign(
                 )
                 .returning(campaigns.c.id)
             ).scalar_one()
-            ledger.freeze(conn, campaign_id, audience)
+            ledger.freeze(conn, campaign_id, audience, _same_issue(conn, rendered.slug, campaign_id))
             if prepare is not None:
                 prepare(conn, campaign_id)
             return _get(conn, campaign_id), True

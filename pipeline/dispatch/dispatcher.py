@@ -159,6 +159,7 @@ class Dispatcher:
             raise DispatchError(f"campaign {campaign_id} is {campaign.status}, not running")
         rendered = campaigns.load_rendered(self.store, campaign_id)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
+        run.earlier = campaigns.same_issue(self.store, campaign)
         try:
             with _rare_collections(), self._couriers(rendered) as (submit, limit):
                 report.end, report.detail = self._loop(run, submit, limit)
@@ -265,6 +266,7 @@ class Dispatcher:
                 now,
                 batch_id=batch_id,
                 ahead=self.transport.send_ahead,
+                earlier=run.earlier,
             )
             if claim.skipped:
                 run.counts[DeliveryStatus.SKIPPED] += claim.skipped
@@ -311,3 +313,5 @@ class _Run:
     """Batches handed to the couriers and not yet recorded, with their batch ids."""
     stopped: _Stop | None = None
     in_flight_at_stop: int = 0
+    earlier: list[int] = field(default_factory=list)
+    """The other campaigns of the same issue: whoever they reach is skipped here."""

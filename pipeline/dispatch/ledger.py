@@ -21,7 +21,22 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Subquery, bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    Subquery,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from pipeline import liveness
@@ -49,24 +64,57 @@ class Claim:
 
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 """Rows still on their way: a campaign with none left is finished."""
+REACHED = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.IN_DOUBT)
+"""Rows whose recipient has, or may have, the issue: nobody gets it again from another campaign."""
+ALREADY_SENT = "already sent this issue in campaign #"
+"""The reason on a row skipped because another campaign of the same issue reached that person."""
 MARKED_SENT = "marked sent by the operator (outcome unknown)"
 """The note on a row the operator resolved as sent: it tells such rows from those a transport accepted."""
 NEEDS_A_LOOK = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN_DOUBT)
 """Rows whose reason a report lists."""
 
 
-def freeze(conn: Connection, campaign_id: int, audience: Subquery) -> None:
-    """One ``queued`` row per member of ``audience`` (id, email, name, timezone), by ``INSERT … SELECT``."""
-    frozen = select(
-        literal(campaign_id),
-        audience.c.id,
-        audience.c.email,
-        audience.c.name,
-        audience.c.timezone,
-        literal(DeliveryStatus.QUEUED.value),
+def freeze(conn: Connection, campaign_id: int, audience: Subquery, earlier: list[int]) -> int:
+    """One row per member of ``audience`` (id, email, name, timezone), by ``INSERT … SELECT``: ``queued``,
+    or ``skipped`` for whoever already had (or may have had) the issue in one of the ``earlier``
+    campaigns of it. Returns how many were skipped so."""
+    d = deliveries.c
+    columns = ["campaign_id", "subscriber_id", "email", "name", "timezone", "status", "error"]
+    first = [literal(campaign_id), audience.c.id, audience.c.email, audience.c.name, audience.c.timezone]
+    if not earlier:
+        queued = select(*first, literal(DeliveryStatus.QUEUED.value), null())
+        conn.execute(insert(deliveries).from_select(columns, queued))
+        return 0
+    had = _had_the_issue(earlier).subquery()
+    status = case(
+        (had.c.campaign_id.is_not(None), DeliveryStatus.SKIPPED.value), else_=DeliveryStatus.QUEUED.value
     )
-    columns = ["campaign_id", "subscriber_id", "email", "name", "timezone", "status"]
+    error = case(
+        (had.c.campaign_id.is_not(None), ALREADY_SENT + cast(had.c.campaign_id, String)), else_=null()
+    )
+    frozen = select(*first, status, error).select_from(
+        audience.outerjoin(had, had.c.subscriber_id == audience.c.id)
+    )
     conn.execute(insert(deliveries).from_select(columns, frozen))
+    query = select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SKIPPED)
+    return int(conn.execute(query).scalar_one())
+
+
+def _had_the_issue(earlier: list[int]) -> Select[tuple[int, int]]:
+    """(subscriber, the first of ``earlier`` campaigns that sent them the issue or may have)."""
+    d = deliveries.c
+    return (
+        select(d.subscriber_id, func.min(d.campaign_id).label("campaign_id"))
+        .where(d.campaign_id.in_(earlier), d.status.in_(REACHED))
+        .group_by(d.subscriber_id)
+    )
+
+
+def count_reached(conn: Connection, audience: Subquery, earlier: list[int]) -> int:
+    """How many members of ``audience`` one of the ``earlier`` campaigns reached (what `--dry-run` shows)."""
+    had = _had_the_issue(earlier).subquery()
+    query = select(func.count()).select_from(audience.join(had, had.c.subscriber_id == audience.c.id))
+    return int(conn.execute(query).scalar_one())
 
 
 def set_send_times(conn: Connection, campaign_id: int, moment_in: Callable[[str | None], dt.datetime]) -> int:
@@ -169,11 +217,13 @@ def claim(
     *,
     batch_id: str | None = None,
     ahead: dt.timedelta | None = None,
+    earlier: list[int] | None = None,
 ) -> Claim:
     """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending.
 
     With ``ahead`` (a provider that schedules delivery itself), rows due up to that much later are
     taken too, and a claim holds only rows sharing one ``send_at``, so one request carries one time.
+    Rows of people whom another campaign of the same issue (``earlier``) reached meanwhile are skipped.
     """
     now = now or utcnow()
     d, s = deliveries.c, subscribers.c
@@ -202,6 +252,14 @@ def claim(
             .where(*mine, or_(s.id.is_(None), s.status != SubscriberStatus.ACTIVE, suppressed))
         ).all()
         skipped = {row.id: _skip_reason(row.status, bool(row.suppressed)) or "" for row in not_allowed}
+        if earlier:
+            had = _had_the_issue(earlier).subquery()
+            reached = conn.execute(
+                select(d.id, had.c.campaign_id).join(had, had.c.subscriber_id == d.subscriber_id).where(*mine)
+            ).all()
+            skipped |= {
+                row_id: f"{ALREADY_SENT}{other}" for row_id, other in reached if row_id not in skipped
+            }
         for reason, group in _grouped(skipped).items():
             conn.execute(
                 update(deliveries).where(d.id.in_(group)).values(status=DeliveryStatus.SKIPPED, error=reason)

@@ -28,6 +28,8 @@ class SendPlan:
     """Distinct recipients of all the segments together: the ledger rows a new campaign would get."""
     campaign: campaigns.Campaign | None
     """The campaign this issue and these segments already have, which sending resumes."""
+    already: int = 0
+    """Of ``total``, people another campaign of this issue already reached: a new campaign skips them."""
 
 
 def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFile, RenderedIssue]:
@@ -45,14 +47,10 @@ def plan_send(
     issue_file, rendered = checked_issue(path, settings, links)
     chosen = tuple(segments or issue_file.issue.segments or settings.newsletter.default_segments)
     counts = {name: selection.count(store, [name]) for name in chosen}
-    return SendPlan(
-        issue_file,
-        rendered,
-        chosen,
-        counts,
-        selection.count(store, list(chosen)),
-        campaigns.find_campaign(store, issue_file.slug, chosen),
-    )
+    existing = campaigns.find_campaign(store, issue_file.slug, chosen)
+    already = 0 if existing else campaigns.already_reached(store, issue_file.slug, chosen)
+    total = selection.count(store, list(chosen))
+    return SendPlan(issue_file, rendered, chosen, counts, total, existing, already)
 
 
 def start_campaign(store: Store, send_plan: SendPlan, transport: str) -> tuple[campaigns.Campaign, bool]:
