@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.transports.base import Transport
+from pipeline.transports.base import Outcome, Transport
 from pipeline.transports.outbox import OutboxTransport
 
 
@@ -24,6 +24,19 @@ def parse_message(data: bytes) -> EmailMessage:
 def outbox_transport(settings: Settings) -> OutboxTransport:
     """The outbox transport writing where ``settings`` say, without fsync: tests need no durability."""
     return OutboxTransport(settings.path(settings.delivery.outbox_dir), fsync=False)
+
+
+class UnknowingOutbox(OutboxTransport):
+    """The outbox, blind to its own files when asked about rows in doubt, as SMTP is to what a server
+    did with a message: rows in doubt stay in doubt, for the operator."""
+
+    def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
+        return []
+
+
+def unknowing_outbox(settings: Settings) -> UnknowingOutbox:
+    """An outbox transport that cannot settle rows in doubt (see ``UnknowingOutbox``)."""
+    return UnknowingOutbox(settings.path(settings.delivery.outbox_dir), fsync=False)
 
 
 def outbox_opener(settings: Settings) -> Callable[[str], Transport]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.dispatch import campaigns
 from pipeline.feedback.events import parse_event, record_events
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
-from pipeline.store.tables import delivery_events
+from pipeline.store.tables import deliveries, delivery_events
 from tests.emulators.sendgrid_events import event
 from tests.transport_helpers import new_campaign
 from tests.web_support import person
@@ -138,3 +139,48 @@ def test_events_without_an_id_cannot_be_de_duplicated_and_are_kept(store: Store)
     item = {"event": "open", "email": "ana@example.com", "timestamp": 1_700_000_000}
 
     assert record_events(store, [item, item]).stored == 2
+
+
+def test_an_event_for_a_row_in_doubt_proves_sendgrid_accepted_it(store: Store, settings: Settings) -> None:
+    """A run killed while its request was out leaves rows in doubt; SendGrid's events for them (they
+    carry the row's delivery id) settle them as sent. Rows no event names stay for the operator."""
+    person(store, "ana@example.com")
+    person(store, "bo@example.com")
+    campaign = new_campaign(store, settings)
+    with store.write() as conn:
+        conn.execute(
+            update(deliveries).where(deliveries.c.campaign_id == campaign.id).values(status="in_doubt")
+        )
+        row_of = dict(
+            conn.execute(
+                select(deliveries.c.email, deliveries.c.id).where(deliveries.c.campaign_id == campaign.id)
+            ).all()
+        )
+    ana = find_subscriber(store, "ana@example.com")
+    assert ana is not None
+
+    result = record_events(
+        store,
+        [
+            event(
+                "processed",
+                "ana@example.com",
+                campaign_id=campaign.id,
+                subscriber_id=ana.id,
+                delivery_id=row_of["ana@example.com"],
+            )
+        ],
+    )
+
+    assert result.settled == 1
+    report = campaigns.report(store, campaign.id)
+    assert report.counts == {"sent": 1, "in_doubt": 1} and report.settled == 1
+    again = record_events(
+        store,
+        [
+            event(
+                "delivered", "ana@example.com", campaign_id=campaign.id, delivery_id=row_of["ana@example.com"]
+            )
+        ],
+    )
+    assert again.settled == 0, "a row already sent is left as it is"

@@ -19,9 +19,11 @@ from pipeline.schedule import decisions
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.settings import Settings, load_settings
 from pipeline.store.engine import Store, open_store
+from pipeline.store.tables import campaigns as campaigns_table
 from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports import Transport
 from tests.fixtures.project import CliInvoker, cli_invoker
+from tests.fixtures.smtp import SmtpServer
 from tests.mail import outbox_files, outbox_transport, parse_message
 from tests.scheduling import AUDIENCE, ManualClock, at_seven, issues_dir, readers_in_zones, tuned, write_issue
 from tests.system import dead_pid
@@ -38,12 +40,12 @@ def run(operator_shell: Path) -> CliInvoker:
     return invoke
 
 
-def started(project: Path, issue: str = ISSUE) -> tuple[Store, int]:
+def started(project: Path, issue: str = ISSUE, transport: str = "outbox") -> tuple[Store, int]:
     """A campaign of ``issue`` started as `send` starts one, nothing sent yet; its store is open."""
     settings = load_settings(project / "settings.toml")
     store = open_store(settings)
     plan = plan_send(store, settings, project / issue, Links(settings, store.signer))
-    campaign, _ = start_campaign(store, plan, "outbox")
+    campaign, _ = start_campaign(store, plan, transport)
     return store, campaign.id
 
 
@@ -85,9 +87,16 @@ def test_rows_a_dead_run_holds_are_in_doubt_in_status_show_and_list_and_each_exi
 
 
 def test_send_exits_1_while_recipients_are_in_doubt_even_when_there_is_nothing_left_to_send(
-    run: CliInvoker, project: Path
+    run: CliInvoker, project: Path, smtp_server: SmtpServer
 ) -> None:
-    store, campaign_id = started(project)
+    """Over SMTP, which cannot tell what a server did with a message whose connection dropped."""
+    settings_file = project / "settings.toml"
+    text = settings_file.read_text(encoding="utf-8").replace('host = "localhost"', 'host = "127.0.0.1"')
+    text = text.replace("port = 587", f"port = {smtp_server.port}").replace(
+        'security = "starttls"', 'security = "none"'
+    )
+    settings_file.write_text(text, encoding="utf-8")
+    store, campaign_id = started(project, transport="smtp")
     killed_mid_batch(store, campaign_id, 5)
     store.close()
 
@@ -190,3 +199,29 @@ def test_two_campaigns_of_an_issue_started_before_either_sent_still_give_one_cop
 
     recipients = Counter(parse_message(f.read_bytes())["To"] for f in outbox_files(project / "outbox"))
     assert len(recipients) == 50 and set(recipients.values()) == {1}
+
+
+def test_outbox_rows_in_doubt_are_settled_by_the_files_themselves(run: CliInvoker, project: Path) -> None:
+    """After a kill, a row whose .eml is there went out; one whose file is missing never did. Nobody is
+    left for the operator to decide about, and nobody gets a second file."""
+    store, campaign_id = started(project)
+    killed_mid_batch(store, campaign_id, 5)  # claimed, never written
+    store.close()
+    first = run("send", ISSUE, "--yes").output
+    assert "5 recipient(s) in doubt settled by the outbox" in first and "50 sent" in first
+    files = outbox_files(project / "outbox")
+
+    with open_store(load_settings(project / "settings.toml")) as store, store.write() as conn:
+        # as if killed after three files were written, before the record
+        conn.execute(
+            update(campaigns_table).where(campaigns_table.c.id == campaign_id).values(status="running")
+        )
+        ids = list(conn.execute(select(deliveries.c.id).order_by(deliveries.c.id).limit(3)).scalars())
+        conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(status="sending", run_id=None))
+
+    second = run("send", ISSUE, "--yes").output
+    assert "3 recipient(s) in doubt settled by the outbox" in second and "finished" in second
+    assert outbox_files(project / "outbox") == files, "no second copy"
+    shown = run("campaigns", "show", str(campaign_id)).output
+    (line,) = [line for line in shown.splitlines() if "found sent after being in doubt" in line]
+    assert line.split("│")[-2].strip() == "3"

@@ -98,6 +98,8 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> CampaignRe
         f"[bold]{campaign.status}[/]"
     )
     console.print(f"  this run: {_counts_line(run.counts)} in {run.elapsed:.1f} s")
+    if run.settled:
+        console.print(f"  {run.settled:,} recipient(s) in doubt settled by the {campaign.transport}")
     console.print(f"  campaign: {_counts_line(report.counts)} of {report.total:,} recipients")
     if run.stopped:
         after = (
@@ -258,6 +260,8 @@ def show(ctx: CliContext, campaign_id: int) -> None:
     table = Table("status", "recipients")
     for status in DeliveryStatus:
         table.add_row(status.replace("_", " "), f"{report.counts[status]:,}")
+        if status is DeliveryStatus.SENT and report.settled:
+            table.add_row("  of which found sent after being in doubt", f"{report.settled:,}")
         if status is DeliveryStatus.SENT and report.marked_sent:
             table.add_row("  of which marked sent by the operator", f"{report.marked_sent:,}")
     table.add_row("[bold]total[/]", f"[bold]{report.total:,}[/]")

@@ -81,6 +81,8 @@ class CampaignReport:
     """(status, reason, how many) for failed, skipped and in-doubt rows, most common first."""
     marked_sent: int = 0
     """Of the ``sent`` rows, those the operator recorded as sent without knowing (``--mark-sent``)."""
+    settled: int = 0
+    """Of the ``sent`` rows, those once in doubt whose fate was found out (outbox file, SendGrid event)."""
 
     @property
     def in_doubt(self) -> int:
@@ -286,6 +288,7 @@ def report(store: Store, campaign_id: int) -> CampaignReport:
             ledger.status_counts(conn, campaign_id),
             ledger.errors(conn, campaign_id),
             ledger.marked_sent(conn, campaign_id),
+            ledger.settled(conn, campaign_id),
         )
 
 

@@ -68,6 +68,8 @@ class RunReport:
     end: RunEnd = RunEnd.DONE
     detail: str | None = None
     """What the transport said, when it was unavailable."""
+    settled: int = 0
+    """Rows in doubt whose fate the transport could tell (an outbox file there or not) at the start."""
     in_flight_at_stop: int = 0
     """Batches already handed over when a stop (pause, cancel, signal…) was seen: they still went out."""
     elapsed: float = 0.0
@@ -157,6 +159,12 @@ class Dispatcher:
         report = RunReport(campaign, found_in_doubt=ledger.mark_in_doubt(self.store, campaign_id))
         if campaign.status != CampaignStatus.RUNNING:
             raise DispatchError(f"campaign {campaign_id} is {campaign.status}, not running")
+        in_doubt = ledger.in_doubt_rows(self.store, campaign_id)
+        if in_doubt:
+            known = self.transport.settle(campaign_id, campaign.issue_slug, in_doubt)
+            report.settled = ledger.settle(
+                self.store, campaign_id, known, f"settled by the {self.transport.name}"
+            )
         rendered = campaigns.load_rendered(self.store, campaign_id)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
         run.earlier = campaigns.same_issue(self.store, campaign)

@@ -70,6 +70,8 @@ ALREADY_SENT = "already sent this issue in campaign #"
 """The reason on a row skipped because another campaign of the same issue reached that person."""
 MARKED_SENT = "marked sent by the operator (outcome unknown)"
 """The note on a row the operator resolved as sent: it tells such rows from those a transport accepted."""
+SETTLED = "in doubt, then "
+"""The start of the note on a row in doubt whose fate was found out without the operator."""
 NEEDS_A_LOOK = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN_DOUBT)
 """Rows whose reason a report lists."""
 
@@ -154,6 +156,52 @@ def resolve_in_doubt(conn: Connection, campaign_id: int, *, resend: bool) -> int
         .values(**values)
     )
     return result.rowcount or 0
+
+
+def in_doubt_rows(store: Store, campaign_id: int) -> list[tuple[int, str]]:
+    """(delivery id, address) of every row in doubt: what a transport is asked to settle."""
+    d = deliveries.c
+    query = select(d.id, d.email).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.IN_DOUBT)
+    with store.read() as conn:
+        return [(row_id, email) for row_id, email in conn.execute(query.order_by(d.id))]
+
+
+def settle(store: Store, campaign_id: int, outcomes: list[Outcome], how: str) -> int:
+    """Rows in doubt whose fate became known (``how``): ``sent`` stays sent, ``unsent`` goes back to
+    the queue. Only rows still in doubt change. Returns how many did."""
+    d = deliveries.c
+    changed = 0
+    with store.write() as conn:
+        for status, group in (
+            ("sent", [o for o in outcomes if o.status == "sent"]),
+            ("unsent", [o for o in outcomes if o.status == "unsent"]),
+        ):
+            for chunk in _chunked([o.delivery_id for o in group]):
+                values = (
+                    {"status": DeliveryStatus.SENT, "error": SETTLED + how}
+                    if status == "sent"
+                    else {"status": DeliveryStatus.QUEUED, "run_id": None, "claimed_at": None, "error": None}
+                )
+                result = conn.execute(
+                    update(deliveries)
+                    .where(d.campaign_id == campaign_id, d.id.in_(chunk), d.status == DeliveryStatus.IN_DOUBT)
+                    .values(**values)
+                )
+                changed += result.rowcount or 0
+    return changed
+
+
+def settled(conn: Connection, campaign_id: int) -> int:
+    """Rows once in doubt that were found out without the operator (outbox file, provider event)."""
+    d = deliveries.c
+    query = select(func.count()).where(
+        d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT, d.error.startswith(SETTLED)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _chunked(ids: list[int], size: int = 500) -> list[list[int]]:
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def start_run(store: Store, campaign_id: int) -> str:

@@ -23,10 +23,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeline.audience.fields import parse_email
 from pipeline.audience.subscribers import set_status
+from pipeline.dispatch import ledger
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import campaigns, delivery_events, subscribers
+from pipeline.transports.base import Outcome
 
 ACTOR = "webhook"
 STATUS_BY_KIND = {
@@ -58,6 +60,8 @@ class ProviderEvent:
     sg_event_id: str | None
     campaign_id: int | None
     subscriber_id: int | None
+    delivery_id: int | None
+    """The ledger row the message was sent for (a custom arg): any event proves SendGrid accepted it."""
     email_key: str | None
     url: str | None
     reason: str | None
@@ -75,6 +79,8 @@ class Recorded:
     ignored: int = 0
     """Items that were not events (not an object, or without an ``event`` name)."""
     status_changes: int = 0
+    settled: int = 0
+    """Ledger rows in doubt that an event proved accepted: now sent."""
     campaigns: set[int] = field(default_factory=set)
     """Known campaigns the new events belong to (their health is worth a look)."""
 
@@ -146,6 +152,7 @@ def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
         sg_event_id=_text(raw.get("sg_event_id"), 100),
         campaign_id=_number(raw.get("campaign_id")),
         subscriber_id=_number(raw.get("subscriber_id")),
+        delivery_id=_number(raw.get("delivery_id")),
         email_key=_email_key(raw.get("email")),
         url=scrub(_text(raw.get("url"), 4000), 2000) if kind == "click" else None,
         reason=scrub(_text(reason, 2000), 500),
@@ -262,4 +269,19 @@ def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None
             inserted = len(conn.execute(_insert_new(conn.dialect.name), rows).all())
         result.stored += inserted
         result.duplicates += len(rows) - inserted
+    result.settled = _settle_in_doubt(store, events, known)
     return result
+
+
+def _settle_in_doubt(store: Store, events: Sequence[ProviderEvent], known: _Known) -> int:
+    """SendGrid reports only on messages it accepted: a row in doubt that an event names was sent."""
+    by_campaign: dict[int, set[int]] = {}
+    for event in events:
+        if event.delivery_id is not None and event.campaign_id in known.campaigns:
+            by_campaign.setdefault(event.campaign_id, set()).add(event.delivery_id)
+    return sum(
+        ledger.settle(
+            store, campaign_id, [Outcome(i, "sent") for i in sorted(ids)], "confirmed by SendGrid's events"
+        )
+        for campaign_id, ids in by_campaign.items()
+    )

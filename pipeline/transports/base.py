@@ -72,6 +72,11 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
+        """What the transport can tell for certain about rows in doubt, (delivery id, address): ``sent``
+        or ``unsent`` (never handed over, safe to send). Rows it cannot tell about are left out."""
+        ...
+
 
 class OpensFromSettings(Protocol):
     """A transport class: it opens itself from the settings, its secret from the environment."""

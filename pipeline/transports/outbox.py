@@ -49,7 +49,7 @@ class OutboxTransport:
         for envelope in batch.envelopes:
             message_id = batch.message.message_id()
             data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
-            name = f"{envelope.delivery_id:09d}-{_safe(envelope.recipient.email)}.eml"
+            name = self._name(envelope.delivery_id, envelope.recipient.email)
             try:
                 self._write(folder / name, data)
             except OSError as exc:
@@ -74,3 +74,17 @@ class OutboxTransport:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
+        """Files are written whole or not at all (rename), so the file's presence is the truth."""
+        folder = self.folder(campaign_id, slug)
+        return [
+            Outcome(delivery_id, "sent")
+            if (folder / self._name(delivery_id, email)).exists()
+            else Outcome(delivery_id, "unsent", None, "not in the outbox: it was never written")
+            for delivery_id, email in rows
+        ]
+
+    @staticmethod
+    def _name(delivery_id: int, email: str) -> str:
+        return f"{delivery_id:09d}-{_safe(email)}.eml"

@@ -328,6 +328,10 @@ class SendGridTransport:
         with self._stats_lock:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
 
+    def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
+        """Only SendGrid's events can tell (the webhook settles rows when they arrive)."""
+        return []
+
     def close(self) -> None:
         """The library opens a connection per request; nothing stays open."""
 

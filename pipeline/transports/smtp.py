@@ -142,6 +142,10 @@ class SmtpTransport:
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         return Outcome(envelope.delivery_id, "failed", None, f"SMTP {step} refused: {code} {text}")
 
+    def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
+        """A message handed over on a connection that dropped may or may not be queued: unknowable here."""
+        return []
+
     def close(self) -> None:
         while True:
             try:
