@@ -17,6 +17,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 
 from pipeline.recipient import PersonalFields, Recipient
+from pipeline.render.addresses import ascii_address
 from pipeline.render.renderer import RenderedIssue, SplitTemplate
 from pipeline.settings import Settings
 
@@ -63,11 +64,25 @@ def _header(name: str, value: str) -> bytes:
 
 
 def _ascii_header(name: str, value: str) -> bytes:
-    """A per-recipient header whose value is already ASCII: folded after commas, cheaply."""
+    """A per-recipient header whose value is already ASCII (or, for an address with a Unicode local
+    part, UTF-8 as RFC 6532 allows): folded after commas, cheaply."""
     line = f"{name}: {value}"
     if len(line) > 78:
         line = line.replace(", ", ",\r\n ")
-    return line.encode("ascii") + CRLF
+    return line.encode("ascii" if line.isascii() else "utf-8") + CRLF
+
+
+def to_header(name: str, email: str) -> str:
+    """``Name <address>``: the name RFC 2047-encoded, the address in ASCII when it has an ASCII form
+    (IDNA domain), else as UTF-8 (RFC 6532; such a message needs SMTPUTF8 to travel)."""
+    wire = ascii_address(email)
+    if wire is not None:
+        return formataddr((name, wire), charset="utf-8")
+    if not name:
+        return email
+    # formataddr refuses a non-ASCII address; it encodes the name the same way whatever the address.
+    placeholder = "x@x"
+    return formataddr((name, placeholder), charset="utf-8").removesuffix(f"<{placeholder}>") + f"<{email}>"
 
 
 class _EncodedBody:
@@ -137,7 +152,7 @@ class MessageTemplate:
             "preferences_url": fields.preferences_url,
         }
         personal = {
-            "To": formataddr((" ".join((recipient.name or "").split()), recipient.email), charset="utf-8"),
+            "To": to_header(" ".join((recipient.name or "").split()), recipient.email),
             "Date": format_datetime(date or datetime.now(UTC)),
             "Message-ID": message_id,
             "List-Unsubscribe": list_unsubscribe(self.settings, fields.unsubscribe_url),

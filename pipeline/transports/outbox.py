@@ -48,8 +48,14 @@ class OutboxTransport:
         outcomes = []
         for envelope in batch.envelopes:
             message_id = batch.message.message_id()
-            data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
             name = self._name(envelope.delivery_id, envelope.recipient.email)
+            try:
+                data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
+            except ValueError as exc:  # UnicodeError and AddressError included: this recipient only
+                outcomes.append(
+                    Outcome(envelope.delivery_id, "failed", None, f"cannot address the message: {exc}")
+                )
+                continue
             try:
                 self._write(folder / name, data)
             except OSError as exc:

@@ -29,6 +29,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from pipeline.errors import SettingsError
+from pipeline.render.addresses import AddressError, ascii_address
 from pipeline.render.message import list_unsubscribe, static_list_headers
 from pipeline.render.renderer import PERSONAL_FIELDS
 from pipeline.settings import SendGridSettings, Settings, secret
@@ -139,6 +140,16 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionRefusedError)
 
 
+def _unaddressable(email: str) -> str | None:
+    """Why SendGrid cannot take this address (it has no SMTPUTF8: a local part must be ASCII), if so."""
+    try:
+        if ascii_address(email) is None:
+            return "SendGrid does not accept an address whose local part is not ASCII"
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
 class SendGridTransport:
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
@@ -213,8 +224,9 @@ class SendGridTransport:
                 if name not in shared_tags
             )
         name = _display_name(recipient.name)
+        email = ascii_address(recipient.email)
         personalization: dict[str, Any] = {
-            "to": [{"email": recipient.email, "name": name} if name else {"email": recipient.email}],
+            "to": [{"email": email, "name": name} if name else {"email": email}],
             "substitutions": substitutions,
             "custom_args": {
                 "subscriber_id": str(recipient.subscriber_id),
@@ -248,7 +260,13 @@ class SendGridTransport:
         if len(batch.envelopes) > self.max_batch:
             raise ValueError(f"a SendGrid request takes at most {self.max_batch} recipients")
         outcomes: list[Outcome] = []
-        pending = list(batch.envelopes)
+        pending = []
+        for envelope in batch.envelopes:
+            refusal = _unaddressable(envelope.recipient.email)
+            if refusal:
+                outcomes.append(Outcome(envelope.delivery_id, "failed", None, refusal))
+            else:
+                pending.append(envelope)
         while pending:
             result = self._post(batch, pending)
             if isinstance(result, str):  # accepted: the X-Message-Id

@@ -15,6 +15,7 @@ import smtplib
 import ssl
 
 from pipeline.errors import SettingsError
+from pipeline.render.addresses import ascii_address
 from pipeline.settings import Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
 
@@ -107,12 +108,22 @@ class SmtpTransport:
     ) -> tuple[Outcome, smtplib.SMTP | None]:
         """One message, reconnecting while it is certainly not handed over; None: connection lost."""
         message_id = batch.message.message_id()
-        data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
-        address = envelope.recipient.email
-        options = [] if address.isascii() else ["SMTPUTF8"]
+        try:
+            data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
+            wire = ascii_address(envelope.recipient.email)
+        except ValueError as exc:  # UnicodeError and AddressError included: this recipient only
+            return Outcome(
+                envelope.delivery_id, "failed", None, f"cannot address the message: {exc}"
+            ), connection
+        address = wire or envelope.recipient.email
+        options = [] if wire is not None else ["SMTPUTF8"]
         for _attempt in range(RECONNECT_ATTEMPTS):
             try:
-                code, reply = connection.mail(self.envelope_from, options)
+                try:
+                    code, reply = connection.mail(self.envelope_from, options)
+                except smtplib.SMTPNotSupportedError:
+                    reason = f"{self.config.host} does not offer SMTPUTF8, which a non-ASCII local part needs"
+                    return Outcome(envelope.delivery_id, "failed", None, reason), connection
                 if code != 250:
                     connection.rset()
                     return self._failed(envelope, "MAIL FROM", code, reply), connection
