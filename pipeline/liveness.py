@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def this_host() -> str:
@@ -19,10 +20,19 @@ def gone(host: str, pid: int) -> bool:
     it ran elsewhere (only its heartbeat can tell then)."""
     if host != this_host():
         return False
+    return not running(pid)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs: it exists and is not a zombie (dead, not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, under another user
         return False
-    return False
+    except PermissionError:  # it exists, under another user
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(0) is all we can know
+    return state != "Z"

@@ -258,6 +258,14 @@ class Process:
     def signal_all(self, signum: Signals) -> int:
         """Signal this process and every process under it, as systemd stops a service (its whole
         control group); returns how many processes got it."""
+        tree = [self.pid, *self.descendants()]
+        for pid in tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return len(tree)
+
+    def descendants(self) -> list[int]:
+        """Every process under this one now (workers, the forkserver, the resource tracker…)."""
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -265,15 +273,12 @@ class Process:
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
             children.setdefault(ppid, []).append(int(stat.parent.name))
-        tree, todo = [], [self.pid]
+        tree, todo = [], list(children.get(self.pid, []))
         while todo:
             pid = todo.pop()
             tree.append(pid)
             todo += children.get(pid, [])
-        for pid in tree:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        return len(tree)
+        return tree
 
     def kill(self) -> None:
         """SIGKILL, and reap it, so its pid is gone (as the next run's liveness check expects)."""

@@ -278,3 +278,36 @@ def test_sigterm_claims_no_new_batch_after_the_signal(project: Path, emulator: S
         f"{len(claimed_late)} rows were claimed and sent after SIGTERM had been handled "
         f"(campaign now {dict(counts)})"
     )
+
+
+def test_a_killed_send_leaves_no_process_behind(project: Path, emulator: SendGridEmulator) -> None:
+    """SIGKILL reaches only the main process; its workers, the forkserver and the resource tracker
+    must notice and exit by themselves (a scheduler restarted after each kill would pile them up)."""
+    proj = sendgrid_project(project, emulator, rate=40.0, processes=2)
+    proj.import_subscribers(300)
+    emulator.inject_every(1, Fault(delay=ROUND_TRIP))
+    with proj.spawn(*proj.send_args("sendgrid")) as sender:
+        assert sender.wait_until(lambda: proj.done() > 0), sender.describe()
+        helpers = sender.descendants()
+        assert len(helpers) >= 3, "two workers and the forkserver, at least"
+        sender.kill()
+
+    deadline = time.monotonic() + 10.0
+    while (left := [pid for pid in helpers if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"still running 10 s after the kill: {[_cmdline(pid) for pid in left]}"
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (orphans are reaped by whoever adopts them, or not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"

@@ -8,8 +8,9 @@ rows only; the issue, the settings and the signing key reach each worker once, w
 
 Workers ignore SIGINT and SIGTERM: the dispatcher decides when to stop (it stops claiming, lets the
 batches in flight finish and records them), so a Ctrl-C or a service stop never kills a request midway.
-If the dispatcher itself dies, a worker finishes its batch (the rows stay ``sending``, so they are
-reported in doubt) and exits when it finds its task queue closed.
+If the dispatcher itself dies (SIGKILL, OOM), each worker notices within a second, finishes the batch it
+holds (its rows stay ``sending``, so they are reported in doubt) and exits: forkserver workers are not
+the dispatcher's children, so nothing else would tell them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import gc
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
+from pipeline import liveness
 from pipeline.dispatch.ledger import ClaimedRow
 from pipeline.recipient import Recipient
 from pipeline.render.links import Links
@@ -68,6 +72,9 @@ class Courier:
 
 _courier: Courier | None = None
 """The worker process's own courier, built by ``_start_worker``."""
+_busy = threading.Lock()
+"""Held while the worker delivers a batch: an orphaned worker exits only between batches."""
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 def worker_pool(
@@ -84,7 +91,7 @@ def worker_pool(
         processes,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(settings, transport_name, links, rendered, secrets),
+        initargs=(settings, transport_name, links, rendered, secrets, os.getpid()),
     )
 
 
@@ -94,6 +101,7 @@ def _start_worker(
     links: Links,
     rendered: RenderedIssue,
     secrets: dict[str, str | None],
+    dispatcher_pid: int,
 ) -> None:
     global _courier
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -105,9 +113,19 @@ def _start_worker(
         else:
             os.environ[name] = value
     _courier = Courier(settings, open_transport(settings, transport_name), links, rendered)
+    threading.Thread(target=_exit_after, args=(dispatcher_pid,), name="orphan-watch", daemon=True).start()
+
+
+def _exit_after(dispatcher_pid: int) -> None:
+    """Exit once the dispatcher is gone, but never in the middle of a batch."""
+    while liveness.running(dispatcher_pid):
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    with _busy:
+        os._exit(0)
 
 
 def deliver_in_worker(job: Job) -> list[Outcome]:
     if _courier is None:
         raise RuntimeError("deliver_in_worker runs only in a worker started by worker_pool")
-    return _courier.deliver(job)
+    with _busy:
+        return _courier.deliver(job)
