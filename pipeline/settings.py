@@ -110,7 +110,11 @@ class DeliverySettings(Section):
     transport: Annotated[str, AfterValidator(_transport)] = Field(
         "outbox", description=f"How messages leave: {', '.join(TRANSPORTS)}."
     )
-    rate_per_second: float = Field(50.0, gt=0, description="Messages per second across all transports.")
+    rate_per_second: float = Field(
+        50.0,
+        gt=0,
+        description="Messages per second for the whole campaign, across every process and machine sending it.",
+    )
     batch_size: int = Field(500, ge=1, le=1000, description="Recipients claimed from the ledger at once.")
     processes: int = Field(
         1,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections import Counter
 from multiprocessing import forkserver
 from pathlib import Path
@@ -13,16 +15,18 @@ from sqlalchemy import select, update
 from pipeline.audience.subscribers import add_subscriber, unsubscribe
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns, ledger
-from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.ratelimit import RateLimiter, SharedPace
 from pipeline.render.links import Links
 from pipeline.render.renderer import render
 from pipeline.settings import Settings
-from pipeline.store.engine import Store
+from pipeline.store.engine import Store, connect
 from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 from tests.emulators.sendgrid import Fault, SendGridEmulator
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.store import TEST_KEY
 from tests.mail import outbox_transport, unknowing_outbox
 from tests.system import dead_pid, free_port
 from tests.transport_helpers import ISSUE, dispatcher, new_campaign
@@ -277,6 +281,40 @@ def test_two_workers_on_one_campaign_never_send_anyone_twice(
     assert campaigns.finish_if_done(store, campaign.id).status == "finished"
 
 
+def test_the_rate_is_the_whole_campaigns_across_senders_with_their_own_connections(
+    store: Store, store_url: str, project: Path, fast: Settings, audience: list[str]
+) -> None:
+    """Two senders (each its own engine, as two processes or machines would have) at 30/s share one
+    pace kept in the store: together they take as long as one would, not half as long. (A lower bound
+    on the time: a busy machine can only make it slower.)"""
+    rate = 30.0
+    settings = fast.model_copy(
+        update={"delivery": fast.delivery.model_copy(update={"rate_per_second": rate})}
+    )
+    campaign = new_campaign(store, settings)
+    engines = [
+        connect(store_url, TEST_KEY, segments_file=project / "subscribers" / "segments.toml")
+        for _ in range(2)
+    ]
+    senders = [
+        Dispatcher(engine, settings, outbox_transport(settings), Links(settings, engine.signer))
+        for engine in engines
+    ]
+    started = time.monotonic()
+    threads = [threading.Thread(target=sender.run, args=(campaign.id,)) for sender in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    elapsed = time.monotonic() - started
+    for engine in engines:
+        engine.close()
+
+    assert delivered_in(settings, campaign) == Counter(audience)
+    # The first batch of 7 goes at once (the burst); the other 53 are paced at 30/s in all.
+    assert elapsed >= 0.95 * (60 - 7) / rate, f"{60 / elapsed:.0f}/s together, the limit is {rate:.0f}/s"
+
+
 def test_the_pace_is_paid_only_for_rows_that_are_waiting(
     store: Store, fast: Settings, audience: list[str]
 ) -> None:
@@ -287,6 +325,26 @@ def test_the_pace_is_paid_only_for_rows_that_are_waiting(
     )
     campaign = new_campaign(store, fast)
     report = dispatcher(store, fast, outbox_transport(fast), limiter=limiter).run(campaign.id)
+    assert report.counts == {"sent": 60}
+    assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
+
+
+def test_the_shared_pace_in_the_store_charges_the_same_as_the_bucket_of_one_process(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    """The default pace (the campaign's row) on a clock that moves only when it sleeps: the same 5.3 s."""
+    start = dt.datetime(2027, 1, 4, 12, 0, tzinfo=dt.UTC)
+    elapsed = [0.0]
+    campaign = new_campaign(store, fast)
+    pace = SharedPace(
+        store,
+        campaign.id,
+        10.0,
+        burst=7,
+        now=lambda: start + dt.timedelta(seconds=elapsed[0]),
+        sleep=lambda s: elapsed.__setitem__(0, elapsed[0] + s),
+    )
+    report = dispatcher(store, fast, outbox_transport(fast), limiter=pace).run(campaign.id)
     assert report.counts == {"sent": 60}
     assert elapsed[0] == pytest.approx((60 - 7) / 10.0)
 

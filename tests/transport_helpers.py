@@ -7,7 +7,7 @@ from typing import Any
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns
 from pipeline.dispatch.dispatcher import Dispatcher
-from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.dispatch.ratelimit import Pace, RateLimiter
 from pipeline.recipient import Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate
@@ -36,7 +36,7 @@ def dispatcher(
     settings: Settings,
     transport: Transport,
     *,
-    limiter: RateLimiter | None = None,
+    limiter: Pace | None = None,
     **options: Any,
 ) -> Dispatcher:
     """A dispatcher with the store's own links and, unless a test paces it, no pacing to speak of (1e6/s)."""

@@ -30,7 +30,7 @@ from enum import StrEnum
 
 from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.courier import GC_THRESHOLD, Courier, Job, deliver_in_worker, worker_pool
-from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.dispatch.ratelimit import Pace, SharedPace
 from pipeline.errors import DispatchError
 from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
@@ -130,7 +130,7 @@ class Dispatcher:
         transport: Transport,
         links: Links,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: Pace | None = None,
         stop: threading.Event | None = None,
         on_progress: ProgressCallback | None = None,
         batch_size: int | None = None,
@@ -144,11 +144,8 @@ class Dispatcher:
         self.batch_size = min(batch_size or settings.delivery.batch_size, transport.max_batch)
         self.processes = processes or settings.delivery.processes
         self.stop = stop or threading.Event()
-        # A full batch may go at once; after that the average rate holds. Waiting for the pace ends
-        # early on a stop signal (the limiter sleeps in the stop event's wait).
-        self.limiter = limiter or RateLimiter(
-            settings.delivery.rate_per_second, burst=self.batch_size, sleep=self.stop.wait
-        )
+        self.limiter = limiter
+        """None: the campaign's pace in the store (``SharedPace``), shared with every other sender."""
         self.on_progress = on_progress
         self.now = now
 
@@ -166,7 +163,17 @@ class Dispatcher:
                 self.store, campaign_id, known, f"settled by the {self.transport.name}"
             )
         rendered = campaigns.load_rendered(self.store, campaign_id)
-        run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts)
+        # A full batch may go at once; after that the average rate holds, across every process sending
+        # this campaign. Waiting for the pace ends early on a stop signal (it sleeps in the stop's wait).
+        pace = self.limiter or SharedPace(
+            self.store,
+            campaign_id,
+            self.settings.delivery.rate_per_second,
+            burst=self.batch_size,
+            now=self.now,
+            sleep=self.stop.wait,
+        )
+        run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace)
         run.earlier = campaigns.same_issue(self.store, campaign)
         try:
             with _rare_collections(), self._couriers(rendered) as (submit, limit):
@@ -253,14 +260,14 @@ class Dispatcher:
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
         """
-        if not self.limiter.try_acquire(self.batch_size):
+        if not run.pace.try_acquire(self.batch_size):
             # The pace will make us wait: wait only for the rows that are really there.
             waiting = ledger.waiting(
                 self.store, run.campaign_id, self.batch_size, self.now(), ahead=self.transport.send_ahead
             )
             if not waiting:
                 return None
-            self.limiter.acquire(waiting, sleep=(lambda s: self._pace(s, run)) if run.in_flight else None)
+            run.pace.acquire(waiting, sleep=(lambda s: self._pace(s, run)) if run.in_flight else None)
             if self.stop.is_set() or run.stopped is not None:
                 return None
         batch_id = f"{run.run_id}-{next(run.batches)}"
@@ -316,6 +323,7 @@ class _Run:
     campaign_id: int
     run_id: str
     counts: Counter[str]
+    pace: Pace
     batches: Iterator[int] = field(default_factory=itertools.count)
     in_flight: dict[Future[list[Outcome]], str] = field(default_factory=dict)
     """Batches handed to the couriers and not yet recorded, with their batch ids."""

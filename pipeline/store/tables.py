@@ -161,6 +161,8 @@ campaigns = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime()),
     Column("finished_at", UtcDateTime()),
+    # The pace shared by every process sending the campaign: when its last reserved message may go.
+    Column("paced_until", UtcDateTime()),
     CheckConstraint(one_of("status", CampaignStatus), "status"),
     Index(None, "issue_slug", "segments", unique=True),
 )
