@@ -124,6 +124,13 @@ class DeliverySettings(Section):
         "1 keeps it all in this process (the transport's concurrency says how many are in flight); "
         "more put the per-recipient work on more CPU cores, for lists of hundreds of thousands.",
     )
+    stop_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="After Ctrl-C, SIGTERM or a pause, how long the batches in flight may take to finish "
+        "before they are cut short (what was not handed over goes back to the queue; a message cut "
+        "mid-handover is in doubt). Keep it plus smtp.timeout under systemd's TimeoutStopSec (120 s).",
+    )
     outbox_dir: Path = Field(Path("outbox"), description="Where the outbox transport writes .eml files.")
 
 

@@ -220,8 +220,28 @@ class Dispatcher:
                 self._record([f for f in run.in_flight if f.done()], run)
             if not run.in_flight:
                 return run.stopped or (RunEnd.DONE, None)
-            done, _ = wait(run.in_flight, return_when=FIRST_COMPLETED)
+            done, _ = wait(run.in_flight, timeout=self._grace_left(run), return_when=FIRST_COMPLETED)
             self._record(list(done), run)
+
+    def _grace_left(self, run: _Run) -> float | None:
+        """While stopping, how long the batches in flight may still take; past ``delivery.stop_seconds``
+        the transport cuts them short, so a stop never outlasts what systemd allows."""
+        if run.stopped is None and self.stop.is_set():  # a signal while every courier is busy
+            run.stopped = (RunEnd.INTERRUPTED, None)
+            run.in_flight_at_stop = len(run.in_flight)
+        if run.stopped is None:
+            return _PACE_SLICE * 5  # look at the stop signal now and then
+        if run.cut_short:
+            return None
+        if run.stopping_since is None:
+            run.stopping_since = time.monotonic()
+        left = run.stopping_since + self.settings.delivery.stop_seconds - time.monotonic()
+        if left > 0:
+            return left
+        log.warning("the batches in flight took longer than delivery.stop_seconds; cutting them short")
+        self.transport.interrupt()
+        run.cut_short = True
+        return None
 
     def _record(self, done: list[Future[list[Outcome]]], run: _Run) -> None:
         """Write finished batches to the ledger; if the transport was unavailable, stop the run."""
@@ -331,3 +351,5 @@ class _Run:
     in_flight_at_stop: int = 0
     earlier: list[int] = field(default_factory=list)
     """The other campaigns of the same issue: whoever they reach is skipped here."""
+    stopping_since: float | None = None
+    cut_short: bool = False

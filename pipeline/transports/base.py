@@ -72,6 +72,11 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def interrupt(self) -> None:
+        """Cut the sends in progress short (a stop that has waited long enough): what is not yet
+        handed over comes back ``unsent``; a message caught mid-handover is ``in_doubt``."""
+        ...
+
     def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
         """What the transport can tell for certain about rows in doubt, (delivery id, address): ``sent``
         or ``unsent`` (never handed over, safe to send). Rows it cannot tell about are left out."""

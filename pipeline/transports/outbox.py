@@ -81,6 +81,9 @@ class OutboxTransport:
     def close(self) -> None:
         """Nothing to release."""
 
+    def interrupt(self) -> None:
+        """Nothing to cut short: a file is written in a moment."""
+
     def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
         """Files are written whole or not at all (rename), so the file's presence is the truth."""
         folder = self.folder(campaign_id, slug)

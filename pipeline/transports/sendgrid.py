@@ -168,7 +168,7 @@ class SendGridTransport:
         settings: Settings,
         api_key: str,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -177,7 +177,8 @@ class SendGridTransport:
         self.stats = TransportStats()
         self._api_key = api_key
         self._local = threading.local()
-        self._sleep = sleep
+        self._interrupted = threading.Event()
+        self._sleep = sleep or self._interrupted.wait  # a backoff ends at once when interrupted
         self._clock = clock
         self._stats_lock = threading.Lock()
         # Our links are the base URL plus URL-safe tokens: when HTML escaping leaves the base alone, the
@@ -309,6 +310,9 @@ class SendGridTransport:
                 reason = f"{retry.reason} (gave up after {self.config.max_retries} retries)"
                 return set(), all_outcomes(_subset(batch, envelopes), "unsent", reason)
             self._backoff(failures, retry)
+            if self._interrupted.is_set():
+                reason = f"{retry.reason}; the send was stopped before a retry"
+                return set(), all_outcomes(_subset(batch, envelopes), "unsent", reason)
 
     def _rejected(self, exc: HTTPError, envelopes: list[Envelope]) -> tuple[set[int], list[Outcome]]:
         """A 4xx: fail only the personalizations the API blamed, if it blamed some; else the batch."""
@@ -345,6 +349,10 @@ class SendGridTransport:
     def _count(self, name: str) -> None:
         with self._stats_lock:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def interrupt(self) -> None:
+        """No more retries, and no backoff waited out: a request in flight ends within its timeout."""
+        self._interrupted.set()
 
     def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
         """Only SendGrid's events can tell (the webhook settles rows when they arrive)."""

@@ -8,11 +8,14 @@ connection. When the server cannot be reached at all, the remaining messages go 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
 import smtplib
+import socket
 import ssl
+import threading
 
 from pipeline.errors import SettingsError
 from pipeline.render.addresses import ascii_address
@@ -46,6 +49,9 @@ class SmtpTransport:
         self.stats = TransportStats()
         self._password = password
         self._pool: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
+        self._interrupted = threading.Event()
+        self._in_use: set[smtplib.SMTP] = set()
+        self._in_use_lock = threading.Lock()
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
@@ -61,18 +67,21 @@ class SmtpTransport:
         connection.ehlo_or_helo_if_needed()
         if config.username and self._password:
             connection.login(config.username, self._password)
+        self._hold(connection)
         return connection
 
     def _checkout(self) -> smtplib.SMTP:
         try:
-            return self._pool.get_nowait()
+            connection = self._pool.get_nowait()
         except queue.Empty:
             return self._reconnect(None)
+        self._hold(connection)
+        return connection
 
     def _reconnect(self, old: smtplib.SMTP | None) -> smtplib.SMTP:
         if old is not None:
             self.stats.reconnects += 1
-            _discard(old)
+            self._drop(old)
         error: Exception | None = None
         for _attempt in range(RECONNECT_ATTEMPTS):
             try:
@@ -91,6 +100,8 @@ class SmtpTransport:
         connection: smtplib.SMTP | None = None
         for index, envelope in enumerate(batch.envelopes):
             try:
+                if self._interrupted.is_set():
+                    raise _Unreachable("the send was stopped before this message was handed over")
                 connection = connection or self._checkout()
                 outcome, connection = self._send_one(connection, batch, envelope)
             except _Unreachable as exc:
@@ -100,6 +111,7 @@ class SmtpTransport:
                 return outcomes
             outcomes.append(outcome)
         if connection is not None:
+            self._release(connection)
             self._pool.put(connection)
         return outcomes
 
@@ -132,6 +144,9 @@ class SmtpTransport:
                     connection.rset()
                     return self._failed(envelope, "RCPT TO", code, reply), connection
             except (smtplib.SMTPServerDisconnected, OSError):
+                if self._interrupted.is_set():  # cut short before DATA: certainly not handed over
+                    self._drop(connection)
+                    raise _Unreachable("the send was stopped before this message was handed over") from None
                 connection = self._reconnect(connection)
                 continue
             try:
@@ -140,7 +155,7 @@ class SmtpTransport:
                 return self._failed(envelope, "DATA", exc.smtp_code, exc.smtp_error), connection
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.stats.reconnects += 1
-                _discard(connection)
+                self._drop(connection)
                 reason = f"SMTP connection lost during DATA ({exc}); the server may have accepted it"
                 return Outcome(envelope.delivery_id, "in_doubt", message_id, reason), None
             if code != 250:
@@ -152,6 +167,28 @@ class SmtpTransport:
     def _failed(envelope: Envelope, step: str, code: int, reply: bytes | str) -> Outcome:
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         return Outcome(envelope.delivery_id, "failed", None, f"SMTP {step} refused: {code} {text}")
+
+    def interrupt(self) -> None:
+        """Shut the sockets of the connections in use, so a server that hangs cannot hold a stop up."""
+        self._interrupted.set()
+        with self._in_use_lock:
+            busy = list(self._in_use)
+        for connection in busy:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _hold(self, connection: smtplib.SMTP) -> None:
+        with self._in_use_lock:
+            self._in_use.add(connection)
+
+    def _release(self, connection: smtplib.SMTP) -> None:
+        with self._in_use_lock:
+            self._in_use.discard(connection)
+
+    def _drop(self, connection: smtplib.SMTP) -> None:
+        self._release(connection)
+        _discard(connection)
 
     def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
         """A message handed over on a connection that dropped may or may not be queued: unknowable here."""
