@@ -95,6 +95,19 @@ def worker_pool(
     )
 
 
+def wait_until_started(pool: ProcessPoolExecutor, processes: int) -> None:
+    """Return once the pool's workers are up (each started and opened its transport): rows claimed
+    before that would sit `sending` with nobody to send them, and be in doubt after a kill."""
+    for future in [pool.submit(_started) for _ in range(processes)]:
+        future.result()
+
+
+def _started() -> int:
+    """A task that holds its worker a moment, so the next one goes to (and starts) another worker."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
 def _start_worker(
     settings: Settings,
     transport_name: str,

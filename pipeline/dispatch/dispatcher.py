@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pipeline.dispatch import campaigns, ledger
-from pipeline.dispatch.courier import GC_THRESHOLD, Courier, Job, deliver_in_worker, worker_pool
+from pipeline.dispatch.courier import (
+    GC_THRESHOLD,
+    Courier,
+    Job,
+    deliver_in_worker,
+    wait_until_started,
+    worker_pool,
+)
 from pipeline.dispatch.ratelimit import Pace, SharedPace
 from pipeline.errors import DispatchError
 from pipeline.render.links import Links
@@ -192,6 +199,8 @@ class Dispatcher:
         if self.processes > 1:
             transport = self.transport.name
             with worker_pool(self.processes, self.settings, transport, self.links, rendered) as processes:
+                # Workers take a second or more to start: claim nothing before they can send it.
+                wait_until_started(processes, self.processes)
                 yield (lambda job: processes.submit(deliver_in_worker, job)), self.processes
             return
         courier = Courier(self.settings, self.transport, self.links, rendered)
