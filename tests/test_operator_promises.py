@@ -22,7 +22,7 @@ from pipeline.store.engine import Store, open_store
 from pipeline.store.tables import campaigns as campaigns_table
 from pipeline.store.tables import deliveries, dispatch_runs
 from pipeline.transports import Transport
-from tests.fixtures.project import CliInvoker, cli_invoker
+from tests.fixtures.project import CliInvoker
 from tests.fixtures.smtp import SmtpServer
 from tests.mail import outbox_files, outbox_transport, parse_message
 from tests.scheduling import AUDIENCE, ManualClock, at_seven, issues_dir, readers_in_zones, tuned, write_issue
@@ -30,14 +30,6 @@ from tests.system import dead_pid
 
 ISSUE = "issues/2026-12-08-realistic-expectations.yaml"
 OTHER = "issues/2026-12-15-build-your-support-system.yaml"
-
-
-@pytest.fixture
-def run(operator_shell: Path) -> CliInvoker:
-    """`newsletter …` in an operator's shell on the project copy, the sample subscribers imported."""
-    invoke = cli_invoker(operator_shell / "settings.toml")
-    invoke("subscribers", "import", "subscribers/sample.csv")
-    return invoke
 
 
 def started(project: Path, issue: str = ISSUE, transport: str = "outbox") -> tuple[Store, int]:

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pipeline.dispatch import campaigns
 from pipeline.dispatch.plan import plan_send, start_campaign
 from pipeline.render.links import Links
 from pipeline.settings import load_settings
 from pipeline.store.engine import open_store
-from tests.fixtures.project import CliInvoker, cli_invoker
+from tests.fixtures.project import CliInvoker
 from tests.mail import outbox_files, parse_message
 
 ISSUE = "issues/2026-12-08-realistic-expectations.yaml"
-
-
-@pytest.fixture
-def run(operator_shell: Path) -> CliInvoker:
-    """`newsletter …` in an operator's shell on the project copy, the sample subscribers imported."""
-    invoke = cli_invoker(operator_shell / "settings.toml")
-    invoke("subscribers", "import", "subscribers/sample.csv")
-    return invoke
 
 
 def test_dry_run_counts_and_sends_nothing(run: CliInvoker, project: Path) -> None:
