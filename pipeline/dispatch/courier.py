@@ -95,11 +95,10 @@ def worker_pool(
     )
 
 
-def wait_until_started(pool: ProcessPoolExecutor, processes: int) -> None:
-    """Return once the pool's workers are up (each started and opened its transport): rows claimed
-    before that would sit `sending` with nobody to send them, and be in doubt after a kill."""
-    for future in [pool.submit(_started) for _ in range(processes)]:
-        future.result()
+def wait_until_started(pool: ProcessPoolExecutor, processes: int) -> set[int]:
+    """Return once the pool's workers are up (each started and opened its transport), with their pids:
+    rows claimed before that would sit `sending` with nobody to send them, and be in doubt after a kill."""
+    return {future.result() for future in [pool.submit(_started) for _ in range(processes)]}
 
 
 def _started() -> int:

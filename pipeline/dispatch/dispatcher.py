@@ -19,14 +19,18 @@ import datetime as dt
 import gc
 import itertools
 import logging
+import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
 from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.courier import (
@@ -183,7 +187,8 @@ class Dispatcher:
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace)
         run.earlier = campaigns.same_issue(self.store, campaign)
         try:
-            with _rare_collections(), self._couriers(rendered) as (submit, limit):
+            with _rare_collections(), self._couriers(rendered) as (submit, limit, cut_short):
+                run.cut_short_with = cut_short
                 report.end, report.detail = self._loop(run, submit, limit)
                 report.in_flight_at_stop = run.in_flight_at_stop
         finally:
@@ -193,19 +198,29 @@ class Dispatcher:
         return report
 
     @contextmanager
-    def _couriers(self, rendered: RenderedIssue) -> Iterator[tuple[Submit, int]]:
-        """Where jobs go, and how many may be out at once: the transport's concurrency on threads of
-        this process, or one per worker process (``processes`` > 1). Leaving waits for all of them."""
+    def _couriers(self, rendered: RenderedIssue) -> Iterator[tuple[Submit, int, Callable[[], None]]]:
+        """Where jobs go, how many may be out at once (the transport's concurrency on threads of this
+        process, or one per worker process with ``processes`` > 1), and how to cut them short: the
+        transport's interrupt on threads; for workers, whose transports this process cannot reach,
+        killing them. Leaving waits for all of them."""
         if self.processes > 1:
             transport = self.transport.name
             with worker_pool(self.processes, self.settings, transport, self.links, rendered) as processes:
                 # Workers take a second or more to start: claim nothing before they can send it.
                 wait_until_started(processes, self.processes)
-                yield (lambda job: processes.submit(deliver_in_worker, job)), self.processes
+                yield (
+                    (lambda job: processes.submit(deliver_in_worker, job)),
+                    self.processes,
+                    partial(_kill, processes),
+                )
             return
         courier = Courier(self.settings, self.transport, self.links, rendered)
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
-            yield (lambda job: threads.submit(courier.deliver, job)), self.transport.concurrency
+            yield (
+                (lambda job: threads.submit(courier.deliver, job)),
+                self.transport.concurrency,
+                self.transport.interrupt,
+            )
 
     def _loop(self, run: _Run, submit: Submit, limit: int) -> _Stop:
         """Keep ``limit`` batches in flight; record each as soon as it returns. Returns why it ended.
@@ -248,14 +263,19 @@ class Dispatcher:
         if left > 0:
             return left
         log.warning("the batches in flight took longer than delivery.stop_seconds; cutting them short")
-        self.transport.interrupt()
+        run.cut_short_with()
         run.cut_short = True
         return None
 
     def _record(self, done: list[Future[list[Outcome]]], run: _Run) -> None:
         """Write finished batches to the ledger; if the transport was unavailable, stop the run."""
         for future in done:
-            outcomes = future.result()
+            try:
+                outcomes = future.result()
+            except BrokenProcessPool:  # its worker was killed to end a stop: nobody knows how far it got
+                batch_id = run.in_flight.pop(future)
+                run.counts[DeliveryStatus.IN_DOUBT] += ledger.abandon(self.store, run.campaign_id, batch_id)
+                continue
             batch = (run.campaign_id, run.in_flight.pop(future))
             run.counts.update(ledger.record(self.store, outcomes, batch))
             unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
@@ -329,6 +349,14 @@ class Dispatcher:
             self.on_progress(run.counts)
 
 
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers at once (they ignore SIGTERM): the rows of their batches are in doubt.
+    The executor keeps no public list of its processes; ``_processes`` has been it since Python 3.2."""
+    for pid in list(pool._processes):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @contextmanager
 def _rare_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
     """Run the cyclic garbage collector every ``threshold`` allocations instead of every 700.
@@ -362,3 +390,4 @@ class _Run:
     """The other campaigns of the same issue: whoever they reach is skipped here."""
     stopping_since: float | None = None
     cut_short: bool = False
+    cut_short_with: Callable[[], None] = lambda: None

@@ -158,6 +158,21 @@ def resolve_in_doubt(conn: Connection, campaign_id: int, *, resend: bool) -> int
     return result.rowcount or 0
 
 
+def abandon(store: Store, campaign_id: int, batch_id: str) -> int:
+    """A batch whose sender was stopped mid-way: its rows still `sending` are in doubt now."""
+    d = deliveries.c
+    with store.write() as conn:
+        result = conn.execute(
+            update(deliveries)
+            .where(d.campaign_id == campaign_id, d.batch_id == batch_id, d.status == DeliveryStatus.SENDING)
+            .values(
+                status=DeliveryStatus.IN_DOUBT,
+                error="cut short when the stop outlasted delivery.stop_seconds",
+            )
+        )
+        return result.rowcount or 0
+
+
 def in_doubt_rows(store: Store, campaign_id: int) -> list[tuple[int, str]]:
     """(delivery id, address) of every row in doubt: what a transport is asked to settle."""
     d = deliveries.c
