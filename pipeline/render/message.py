@@ -75,7 +75,7 @@ def _ascii_header(name: str, value: str) -> bytes:
 def to_header(name: str, email: str) -> str:
     """``Name <address>``: the name RFC 2047-encoded, the address in ASCII when it has an ASCII form
     (IDNA domain), else as UTF-8 (RFC 6532; such a message needs SMTPUTF8 to travel)."""
-    wire = ascii_address(email)
+    wire = email if email.isascii() else ascii_address(email)
     if wire is not None:
         return formataddr((name, wire), charset="utf-8")
     if not name:

@@ -225,7 +225,7 @@ class SendGridTransport:
                 if name not in shared_tags
             )
         name = _display_name(recipient.name)
-        email = ascii_address(recipient.email)
+        email = recipient.email if recipient.email.isascii() else ascii_address(recipient.email)
         personalization: dict[str, Any] = {
             "to": [{"email": email, "name": name} if name else {"email": email}],
             "substitutions": substitutions,
@@ -263,7 +263,7 @@ class SendGridTransport:
         outcomes: list[Outcome] = []
         pending = []
         for envelope in batch.envelopes:
-            refusal = _unaddressable(envelope.recipient.email)
+            refusal = None if envelope.recipient.email.isascii() else _unaddressable(envelope.recipient.email)
             if refusal:
                 outcomes.append(Outcome(envelope.delivery_id, "failed", None, refusal))
             else:
