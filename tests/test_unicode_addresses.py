@@ -9,7 +9,6 @@ from email import message_from_string, policy
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from pipeline.render.addresses import ascii_address
 from pipeline.settings import Settings
@@ -18,8 +17,7 @@ from pipeline.transports.outbox import OutboxTransport
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 from tests.emulators.sendgrid import SendGridEmulator
-from tests.fixtures.smtp import SinkHandler, SmtpServer
-from tests.system import free_port
+from tests.fixtures.smtp import SmtpServer, running_smtp_server
 from tests.transport_helpers import make_batch
 
 PLAIN = "ana@example.com"
@@ -30,14 +28,8 @@ EVERYONE = [PLAIN, UNICODE_DOMAIN, UNICODE_LOCAL]
 
 @pytest.fixture(params=[False, True], ids=["plain-smtp", "smtputf8"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[SmtpServer, bool]]:
-    handler = SinkHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=request.param)
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", port, handler), request.param
-    finally:
-        controller.stop()
+    with running_smtp_server(enable_SMTPUTF8=request.param) as sink:
+        yield sink, request.param
 
 
 def by_address(outcomes: list[Outcome], batch: Batch) -> dict[str, tuple[str, str | None]]:

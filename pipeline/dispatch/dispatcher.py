@@ -101,6 +101,8 @@ Submit = Callable[[Job], "Future[list[Outcome]]"]
 _Stop = tuple[RunEnd, str | None]
 _PACE_SLICE = 0.05
 """While pacing with batches in flight, how often a stop signal is looked for (seconds)."""
+_SIGNAL_POLL = 0.25
+"""While every courier is busy, how often a stop signal is looked for (seconds)."""
 _ENDS_BY_STATUS = {CampaignStatus.PAUSED: RunEnd.PAUSED, CampaignStatus.CANCELLED: RunEnd.CANCELLED}
 
 
@@ -184,8 +186,8 @@ class Dispatcher:
             now=self.now,
             sleep=self.stop.wait,
         )
-        run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace)
-        run.earlier = campaigns.same_issue(self.store, campaign)
+        earlier = campaigns.same_issue(self.store, campaign)
+        run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace, earlier)
         try:
             with _rare_collections(), self._couriers(rendered) as (submit, limit, cut_short):
                 run.cut_short_with = cut_short
@@ -229,15 +231,14 @@ class Dispatcher:
         most the batches already in flight go out after one of them."""
         while True:
             while run.stopped is None and len(run.in_flight) < limit:
-                run.stopped = self._why_stop(run)
-                if run.stopped is not None:
-                    run.in_flight_at_stop = len(run.in_flight)
+                reason = self._why_stop(run)
+                if reason is not None:
+                    run.stop_with(reason)
                     break
                 job = self._claim(run)
                 if job is None:
                     if self.stop.is_set():  # the signal landed while this claim waited for the pace
-                        run.stopped = (RunEnd.INTERRUPTED, None)
-                        run.in_flight_at_stop = len(run.in_flight)
+                        run.stop_with((RunEnd.INTERRUPTED, None))
                     break
                 run.in_flight[submit(job)] = job.batch_id
                 # Rows wait in `sending` only while their batch is really out: record what is back.
@@ -250,11 +251,10 @@ class Dispatcher:
     def _grace_left(self, run: _Run) -> float | None:
         """While stopping, how long the batches in flight may still take; past ``delivery.stop_seconds``
         the transport cuts them short, so a stop never outlasts what systemd allows."""
-        if run.stopped is None and self.stop.is_set():  # a signal while every courier is busy
-            run.stopped = (RunEnd.INTERRUPTED, None)
-            run.in_flight_at_stop = len(run.in_flight)
+        if self.stop.is_set():  # a signal while every courier is busy
+            run.stop_with((RunEnd.INTERRUPTED, None))
         if run.stopped is None:
-            return _PACE_SLICE * 5  # look at the stop signal now and then
+            return _SIGNAL_POLL
         if run.cut_short:
             return None
         if run.stopping_since is None:
@@ -279,9 +279,8 @@ class Dispatcher:
             batch = (run.campaign_id, run.in_flight.pop(future))
             run.counts.update(ledger.record(self.store, outcomes, batch))
             unsent = next((o.error for o in outcomes if o.status == "unsent"), None)
-            if unsent and run.stopped is None:
-                run.stopped = (RunEnd.TRANSPORT_UNAVAILABLE, unsent)
-                run.in_flight_at_stop = len(run.in_flight)
+            if unsent:
+                run.stop_with((RunEnd.TRANSPORT_UNAVAILABLE, unsent))
             self._progress(run)
 
     def _pace(self, seconds: float, run: _Run) -> None:
@@ -381,13 +380,19 @@ class _Run:
     run_id: str
     counts: Counter[str]
     pace: Pace
+    earlier: list[int]
+    """The other campaigns of the same issue: whoever they reach is skipped here."""
     batches: Iterator[int] = field(default_factory=itertools.count)
     in_flight: dict[Future[list[Outcome]], str] = field(default_factory=dict)
     """Batches handed to the couriers and not yet recorded, with their batch ids."""
     stopped: _Stop | None = None
     in_flight_at_stop: int = 0
-    earlier: list[int] = field(default_factory=list)
-    """The other campaigns of the same issue: whoever they reach is skipped here."""
     stopping_since: float | None = None
     cut_short: bool = False
     cut_short_with: Callable[[], None] = lambda: None
+
+    def stop_with(self, reason: _Stop) -> None:
+        """The first reason to stop wins; it notes how many batches were still out then."""
+        if self.stopped is None:
+            self.stopped = reason
+            self.in_flight_at_stop = len(self.in_flight)

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from pipeline import liveness
-from pipeline.store.engine import Store, utcnow
+from pipeline.store.engine import Store, in_chunks, utcnow
 from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
 from pipeline.store.tables import deliveries, dispatch_runs, subscribers, suppressions
 from pipeline.transports.base import Outcome
@@ -76,17 +76,16 @@ NEEDS_A_LOOK = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.IN
 """Rows whose reason a report lists."""
 
 
-def freeze(conn: Connection, campaign_id: int, audience: Subquery, earlier: list[int]) -> int:
+def freeze(conn: Connection, campaign_id: int, audience: Subquery, earlier: list[int]) -> None:
     """One row per member of ``audience`` (id, email, name, timezone), by ``INSERT … SELECT``: ``queued``,
     or ``skipped`` for whoever already had (or may have had) the issue in one of the ``earlier``
-    campaigns of it. Returns how many were skipped so."""
-    d = deliveries.c
+    campaigns of it."""
     columns = ["campaign_id", "subscriber_id", "email", "name", "timezone", "status", "error"]
     first = [literal(campaign_id), audience.c.id, audience.c.email, audience.c.name, audience.c.timezone]
     if not earlier:
         queued = select(*first, literal(DeliveryStatus.QUEUED.value), null())
         conn.execute(insert(deliveries).from_select(columns, queued))
-        return 0
+        return
     had = _had_the_issue(earlier).subquery()
     status = case(
         (had.c.campaign_id.is_not(None), DeliveryStatus.SKIPPED.value), else_=DeliveryStatus.QUEUED.value
@@ -98,8 +97,6 @@ def freeze(conn: Connection, campaign_id: int, audience: Subquery, earlier: list
         audience.outerjoin(had, had.c.subscriber_id == audience.c.id)
     )
     conn.execute(insert(deliveries).from_select(columns, frozen))
-    query = select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SKIPPED)
-    return int(conn.execute(query).scalar_one())
 
 
 def _had_the_issue(earlier: list[int]) -> Select[tuple[int, int]]:
@@ -185,24 +182,16 @@ def settle(store: Store, campaign_id: int, outcomes: list[Outcome], how: str) ->
     """Rows in doubt whose fate became known (``how``): ``sent`` stays sent, ``unsent`` goes back to
     the queue. Only rows still in doubt change. Returns how many did."""
     d = deliveries.c
+    values_by_status: dict[str, dict[str, Any]] = {
+        "sent": {"status": DeliveryStatus.SENT, "error": SETTLED + how},
+        "unsent": {"status": DeliveryStatus.QUEUED, "run_id": None, "claimed_at": None, "error": None},
+    }
     changed = 0
     with store.write() as conn:
-        for status, group in (
-            ("sent", [o for o in outcomes if o.status == "sent"]),
-            ("unsent", [o for o in outcomes if o.status == "unsent"]),
-        ):
-            for chunk in _chunked([o.delivery_id for o in group]):
-                values = (
-                    {"status": DeliveryStatus.SENT, "error": SETTLED + how}
-                    if status == "sent"
-                    else {"status": DeliveryStatus.QUEUED, "run_id": None, "claimed_at": None, "error": None}
-                )
-                result = conn.execute(
-                    update(deliveries)
-                    .where(d.campaign_id == campaign_id, d.id.in_(chunk), d.status == DeliveryStatus.IN_DOUBT)
-                    .values(**values)
-                )
-                changed += result.rowcount or 0
+        for status, values in values_by_status.items():
+            for chunk in in_chunks(o.delivery_id for o in outcomes if o.status == status):
+                mine = [d.campaign_id == campaign_id, d.id.in_(chunk), d.status == DeliveryStatus.IN_DOUBT]
+                changed += conn.execute(update(deliveries).where(*mine).values(**values)).rowcount or 0
     return changed
 
 
@@ -213,10 +202,6 @@ def settled(conn: Connection, campaign_id: int) -> int:
         d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT, d.error.startswith(SETTLED)
     )
     return int(conn.execute(query).scalar_one())
-
-
-def _chunked(ids: list[int], size: int = 500) -> list[list[int]]:
-    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def start_run(store: Store, campaign_id: int) -> str:

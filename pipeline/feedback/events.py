@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from pipeline.audience.fields import parse_email
 from pipeline.audience.subscribers import set_status
 from pipeline.dispatch import ledger
 from pipeline.errors import AudienceError
-from pipeline.store.engine import Store, utcnow
+from pipeline.store.engine import Store, in_chunks, utcnow
 from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import campaigns, delivery_events, subscribers
 from pipeline.transports.base import Outcome
@@ -47,7 +47,6 @@ STATUS_BY_DROP_REASON = {
 """``dropped`` events whose reason is one of SendGrid's own suppression lists (lower-cased)."""
 BLOCKED = "blocked"
 """A ``bounce`` of ``type: blocked`` (the receiving server refused for now): kept, but no status change."""
-_CHUNK = 500
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
 _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
@@ -161,12 +160,6 @@ def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
     )
 
 
-def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
-    items = list(values)
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 @dataclass(frozen=True, slots=True)
 class _Known:
     campaigns: set[int]
@@ -179,19 +172,19 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
     """Which campaigns and subscribers the events name exist, and which events are stored already."""
     known = _Known(set(), {}, {}, set())
     campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
-    for chunk in _chunks(campaign_ids):
+    for chunk in in_chunks(campaign_ids):
         known.campaigns.update(conn.scalars(select(campaigns.c.id).where(campaigns.c.id.in_(chunk))))
     s = subscribers.c
     ids = {e.subscriber_id for e in events if e.subscriber_id is not None}
     keys = {e.email_key for e in events if e.email_key is not None}
     for column, values in ((s.id, ids), (s.email_key, keys)):
-        for chunk in _chunks(values):
-            for subscriber_id, key in conn.execute(select(s.id, s.email_key).where(column.in_(chunk))):
+        for some in in_chunks(values):
+            for subscriber_id, key in conn.execute(select(s.id, s.email_key).where(column.in_(some))):
                 known.key_by_id[subscriber_id] = key
                 known.id_by_key[key] = subscriber_id
     event_ids = {e.sg_event_id for e in events if e.sg_event_id is not None}
-    for chunk in _chunks(event_ids):
-        query = select(delivery_events.c.sg_event_id).where(delivery_events.c.sg_event_id.in_(chunk))
+    for sg_ids in in_chunks(event_ids):
+        query = select(delivery_events.c.sg_event_id).where(delivery_events.c.sg_event_id.in_(sg_ids))
         known.stored_ids.update(sg for sg in conn.scalars(query) if sg is not None)
     return known
 

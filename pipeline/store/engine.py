@@ -9,11 +9,11 @@ transactions start with ``BEGIN IMMEDIATE`` so two writers queue instead of fail
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +30,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _IMMEDIATE = "pipeline_immediate"
 Ts = TypeVarTuple("Ts")
+
+
+T = TypeVar("T")
+
+IN_CHUNK = 500
+"""The most values one ``IN (…)`` list carries: far below every engine's limit on bound parameters."""
+
+
+def in_chunks(values: Iterable[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most ``IN_CHUNK``, one ``IN (…)`` statement each."""
+    items = list(values)
+    for start in range(0, len(items), IN_CHUNK):
+        yield items[start : start + IN_CHUNK]
 
 
 def utcnow() -> dt.datetime:
