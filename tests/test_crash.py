@@ -47,7 +47,7 @@ def sendgrid_project(
     return SendProject(project, {"delivery": delivery, "sendgrid": sendgrid})
 
 
-def smtp_project(project: Path, server: SmtpServer, *, rate: float) -> SendProject:
+def smtp_project(project: Path, server: SmtpServer, *, rate: float, processes: int = 1) -> SendProject:
     smtp = {
         "host": server.host,
         "port": server.port,
@@ -55,9 +55,8 @@ def smtp_project(project: Path, server: SmtpServer, *, rate: float) -> SendProje
         "connections": CONCURRENCY,
         "timeout": 20.0,
     }
-    return SendProject(
-        project, {"delivery": {"batch_size": BATCH_SIZE, "rate_per_second": rate}, "smtp": smtp}
-    )
+    delivery = {"batch_size": BATCH_SIZE, "rate_per_second": rate, "processes": processes}
+    return SendProject(project, {"delivery": delivery, "smtp": smtp})
 
 
 @dataclass
@@ -108,9 +107,10 @@ def kill_and_resume(proj: SendProject, transport: str, rng: random.Random, kills
 
 
 def check_ledger_against(
-    proj: SendProject, accepted: Counter[str], emails: list[str], log: CrashLog, *, batch_size: int
+    proj: SendProject, accepted: Counter[str], emails: list[str], log: CrashLog, *, in_flight: int
 ) -> None:
-    """The ledger's promises, checked against what the server really accepted."""
+    """The ledger's promises, checked against what the server really accepted: after the kills, at most
+    ``in_flight`` rows per kill are in doubt (what the transport can really have had out at once)."""
     ledger = proj.ledger()
     audience = proj.subscribers()
     assert {email for email, _ in audience.values()} == set(emails)
@@ -130,12 +130,9 @@ def check_ledger_against(
     assert not not_accepted, f"{len(not_accepted)} rows say sent but were not accepted: {not_accepted[:10]}"
 
     in_doubt = {row.id for row in ledger if row.status == "in_doubt"}
-    assert in_doubt == log.left_sending, (
-        "exactly the rows a killed run left sending are in doubt: nothing resent silently, nothing lost"
-    )
-    assert all(accepted[row.email] <= 1 for row in ledger if row.id in in_doubt)
-    assert len(in_doubt) <= log.kills * batch_size * CONCURRENCY, (
-        f"{len(in_doubt)} in doubt after {log.kills} kills: more than the batches in flight"
+    assert in_doubt <= log.left_sending, "only rows a killed run left sending can be in doubt"
+    assert len(in_doubt) <= log.kills * in_flight, (
+        f"{len(in_doubt)} in doubt after {log.kills} kills: more than were really in flight"
     )
 
     report = proj.run("campaigns", "show", "1", expect=1 if in_doubt else 0)
@@ -162,20 +159,31 @@ def test_sendgrid_send_killed_six_times_sends_everyone_at_most_once(
 
     assert log.kills >= 3, "the sends were meant to be interrupted mid-campaign"
     assert log.left_sending, "at least one kill should have caught a batch in flight"
-    check_ledger_against(proj, Counter(emulator.recipients()), emails, log, batch_size=BATCH_SIZE)
+    # Without the Event Webhook nothing settles a SendGrid request in flight: each stays in doubt whole.
+    assert proj.ids_with_status("in_doubt") == log.left_sending
+    check_ledger_against(
+        proj, Counter(emulator.recipients()), emails, log, in_flight=BATCH_SIZE * CONCURRENCY
+    )
 
 
-def test_smtp_send_killed_six_times_sends_everyone_at_most_once(
-    project: Path, smtp_server: SmtpServer
+@pytest.mark.parametrize(("processes", "seed"), [(1, 20261208), (2, 20261216)])
+def test_smtp_send_killed_six_times_leaves_one_message_per_connection_in_doubt(
+    project: Path, smtp_server: SmtpServer, processes: int, seed: int
 ) -> None:
-    proj = smtp_project(project, smtp_server, rate=40.0)
+    """A kill catches whole batches ``sending``, but over SMTP only the message whose DATA was out is
+    uncertain: the next run settles the rest of each batch from the handover journal (sent, or back to
+    the queue), so at most one row per connection and kill stays in doubt."""
+    proj = smtp_project(project, smtp_server, rate=40.0, processes=processes)
     emails = proj.import_subscribers(600)
     smtp_server.handler.data_seconds = ROUND_TRIP / BATCH_SIZE  # a real server takes its time too
-    log = kill_and_resume(proj, "smtp", random.Random(20261208), KILLS)
+    log = kill_and_resume(proj, "smtp", random.Random(seed), KILLS)
 
     assert log.kills >= 3, "the sends were meant to be interrupted mid-campaign"
-    assert log.left_sending, "at least one kill should have caught a batch in flight"
-    check_ledger_against(proj, Counter(smtp_server.handler.recipients()), emails, log, batch_size=BATCH_SIZE)
+    assert len(log.left_sending) > CONCURRENCY * processes, "the kills should have caught batches in flight"
+    accepted = Counter(smtp_server.handler.recipients())
+    check_ledger_against(proj, accepted, emails, log, in_flight=CONCURRENCY * processes)
+    settled = log.left_sending - proj.ids_with_status("in_doubt")
+    assert settled, "the journal settled rows the kills had left sending"
 
 
 def test_a_storm_of_429_and_503_delays_the_send_but_everyone_gets_it_once(

@@ -4,6 +4,10 @@ Each message goes as MAIL, RCPT, DATA on a pooled connection. A refused recipien
 recipient. A connection that drops before DATA is reopened and the message tried again; one that drops
 during DATA leaves that message in doubt (the server may have queued it) and the rest go on a fresh
 connection. When the server cannot be reached at all, the remaining messages go back to the queue.
+
+A journal (``handover``) notes each message's handover as it happens, so that after a SIGKILL the next
+run knows which rows of the dead run's batches went and which never did: at most the one message per
+connection whose DATA was out stays in doubt.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import smtplib
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 from pipeline.errors import SettingsError
 from pipeline.render.addresses import ascii_address
 from pipeline.settings import Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
+from pipeline.transports.handover import ACCEPTED, CLAIMED, HANDING, REFUSED, Handover
 
 log = logging.getLogger(__name__)
 RECONNECT_ATTEMPTS = 3
+JOURNAL_FOLDER = Path("var/smtp")
 
 
 class _Unreachable(Exception):
@@ -52,6 +59,12 @@ class SmtpTransport:
         self._interrupted = threading.Event()
         self._in_use: set[smtplib.SMTP] = set()
         self._in_use_lock = threading.Lock()
+        folder = settings.path(JOURNAL_FOLDER)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"SMTP: cannot create the handover journal folder {folder}: {exc}") from None
+        self.journal = Handover(folder, self.name)
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
@@ -98,6 +111,7 @@ class SmtpTransport:
         outcomes: list[Outcome] = []
         self.stats.requests += 1
         connection: smtplib.SMTP | None = None
+        self._note(batch, CLAIMED, *batch.envelopes)
         for index, envelope in enumerate(batch.envelopes):
             try:
                 if self._interrupted.is_set():
@@ -149,9 +163,11 @@ class SmtpTransport:
                     raise _Unreachable("the send was stopped before this message was handed over") from None
                 connection = self._reconnect(connection)
                 continue
+            self._note(batch, HANDING, envelope)
             try:
                 code, reply = connection.data(data)
             except smtplib.SMTPDataError as exc:
+                self._note(batch, REFUSED, envelope)
                 return self._failed(envelope, "DATA", exc.smtp_code, exc.smtp_error), connection
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.stats.reconnects += 1
@@ -159,9 +175,15 @@ class SmtpTransport:
                 reason = f"SMTP connection lost during DATA ({exc}); the server may have accepted it"
                 return Outcome(envelope.delivery_id, "in_doubt", message_id, reason), None
             if code != 250:
+                self._note(batch, REFUSED, envelope)
                 return self._failed(envelope, "DATA", code, reply), connection
+            self._note(batch, ACCEPTED, envelope)
             return Outcome(envelope.delivery_id, "sent", message_id), connection
         raise _Unreachable(f"SMTP connection to {self.config.host} keeps dropping")
+
+    def _note(self, batch: Batch, kind: str, *envelopes: Envelope) -> None:
+        if batch.campaign_id is not None:  # a test send has no ledger rows to settle
+            self.journal.note(batch.campaign_id, kind, (e.delivery_id for e in envelopes))
 
     @staticmethod
     def _failed(envelope: Envelope, step: str, code: int, reply: bytes | str) -> Outcome:
@@ -191,10 +213,12 @@ class SmtpTransport:
         _discard(connection)
 
     def settle(self, campaign_id: int, slug: str, rows: list[tuple[int, str]]) -> list[Outcome]:
-        """A message handed over on a connection that dropped may or may not be queued: unknowable here."""
-        return []
+        """The journals say which rows of a dead run went; the one per connection whose DATA was out
+        unanswered (or a row sent from another machine) stays in doubt."""
+        return self.journal.settle(campaign_id, (delivery_id for delivery_id, _email in rows))
 
     def close(self) -> None:
+        self.journal.close()
         while True:
             try:
                 _discard(self._pool.get_nowait())
