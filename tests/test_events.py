@@ -135,10 +135,20 @@ def test_only_known_campaigns_are_reported_for_a_health_check(store: Store, sett
     assert rows(store) == [("bounce", campaign.id, None), ("open", None, None)]
 
 
-def test_events_without_an_id_cannot_be_de_duplicated_and_are_kept(store: Store) -> None:
+def test_events_without_an_id_are_de_duplicated_by_their_content(store: Store) -> None:
+    """Issue 12 item 14: an event without ``sg_event_id`` is kept once under a key derived from its
+    content, however often it is posted; an event that differs in anything is another event."""
     item = {"event": "open", "email": "ana@example.com", "timestamp": 1_700_000_000}
+    later = {**item, "timestamp": 1_700_000_001}
 
-    assert record_events(store, [item, item]).stored == 2
+    first = record_events(store, [item, item, later])
+    replay = record_events(store, [dict(reversed(item.items()))])
+
+    assert (first.stored, first.duplicates, replay.stored, replay.duplicates) == (2, 1, 0, 1)
+    assert len(rows(store)) == 2
+    with store.read() as conn:
+        keys = list(conn.scalars(select(delivery_events.c.sg_event_id)))
+    assert all(key.startswith("sha256:") and len(key) == 71 for key in keys)
 
 
 def test_an_event_for_a_row_in_doubt_proves_sendgrid_accepted_it(store: Store, settings: Settings) -> None:

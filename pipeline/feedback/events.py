@@ -2,8 +2,14 @@
 
 Every event lands in ``delivery_events`` once per ``sg_event_id``, tied to its campaign and subscriber
 through the ``custom_args`` the SendGrid transport sets (SendGrid copies them to each event's top
-level). Bounces, drops of bad addresses, spam reports and unsubscribes also change the subscriber's
+level). An event without an ``sg_event_id`` is kept under a key derived from its content
+(``sha256:…`` of its canonical JSON, in the same column), so a replay of it is a duplicate too.
+Bounces, drops of bad addresses, spam reports and unsubscribes also change the subscriber's
 status through the subscribers library (actor ``webhook``), which never brings anyone back.
+
+Each event is read on its own and can never fail the post: an id that is not one of ours (too big
+for the store, negative, not a number) is unknown, text loses control characters (PostgreSQL refuses
+NUL) and is cut to its column, and items that are not events are skipped and counted (``ignored``).
 
 Status changes are applied only for events not stored before, and before they are stored: a crash in
 between is healed by SendGrid's retry (the change is idempotent), while a replay of an event already
@@ -13,6 +19,8 @@ stored changes nothing, so it cannot undo a resubscribe that came after it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipeline.audience.fields import parse_email
+from pipeline.audience.fields import is_control, parse_email
 from pipeline.audience.subscribers import set_status
 from pipeline.dispatch import ledger
 from pipeline.errors import AudienceError
@@ -47,6 +55,12 @@ STATUS_BY_DROP_REASON = {
 """``dropped`` events whose reason is one of SendGrid's own suppression lists (lower-cased)."""
 BLOCKED = "blocked"
 """A ``bounce`` of ``type: blocked`` (the receiving server refused for now): kept, but no status change."""
+MAX_DEPTH = 16
+"""Nesting deeper than this is no SendGrid event (theirs nest two levels: a list of categories)."""
+MAX_ID = 2**63 - 1
+"""The largest id the store holds (a signed 64-bit integer on PostgreSQL and SQLite)."""
+DERIVED_KEY = "sha256:"
+"""The prefix of a key derived from an event's content; SendGrid's own ids never have it."""
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
 _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
@@ -56,7 +70,8 @@ class ProviderEvent:
     """One event as SendGrid reported it, reduced to what the store keeps."""
 
     kind: str
-    sg_event_id: str | None
+    sg_event_id: str
+    """SendGrid's id of the event, or a key derived from its content when it has none."""
     campaign_id: int | None
     subscriber_id: int | None
     delivery_id: int | None
@@ -76,7 +91,7 @@ class Recorded:
     stored: int = 0
     duplicates: int = 0
     ignored: int = 0
-    """Items that were not events (not an object, or without an ``event`` name)."""
+    """Items skipped as no event: not an object, no ``event`` name, or nested deeper than MAX_DEPTH."""
     status_changes: int = 0
     settled: int = 0
     """Ledger rows in doubt that an event proved accepted: now sent."""
@@ -84,23 +99,64 @@ class Recorded:
     """Known campaigns the new events belong to (their health is worth a look)."""
 
 
+def load_post(body: bytes) -> list[Any]:
+    """The items of a webhook post; ``ValueError`` saying why when it is not a JSON array.
+
+    Nesting is bounded by the JSON parser's own recursion guard (a 50,000-deep array is refused,
+    not a crash), and integers too long to be an id or a time stay text, so no single event can
+    make the whole post fail.
+    """
+    try:
+        items = json.loads(body, parse_int=_json_int)
+    except RecursionError:
+        raise ValueError("body is nested too deeply") from None
+    except ValueError:
+        raise ValueError("body is not JSON") from None
+    if not isinstance(items, list):
+        raise ValueError("body is not a JSON array of events")
+    return items
+
+
+def _json_int(digits: str) -> int | str:
+    """An integer of JSON, or its digits when longer than any id or time (Python refuses to convert
+    integers of more than 4300 digits, and such a number is nothing an event means)."""
+    return int(digits) if len(digits) <= 20 else digits
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests, counting no further than ``limit`` + 1."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
 def _number(value: Any) -> int | None:
-    """A positive id from a custom arg (SendGrid passes them as strings); anything else is unknown."""
+    """A positive id from a custom arg (SendGrid passes them as strings); anything else, including a
+    number too big for the store, is unknown."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
     if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        number = int(value)
-        return number if 0 < number < 2**63 else None
+        return value if 0 < value <= MAX_ID else None
     return None
 
 
 def _text(value: Any, limit: int) -> str | None:
+    """A field as storable text: control characters (and lone surrogates) become spaces."""
     if value is None or isinstance(value, dict | list):
         return None
-    text = str(value).strip()
-    return text[:limit] or None
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():
+        text = "".join(" " if is_control(ch) else ch for ch in text)
+    return text.strip()[:limit] or None
+
+
+def _derived_key(raw: Mapping[str, Any]) -> str:
+    """A key for an event SendGrid gave no ``sg_event_id``: the same event posted again has the same."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return DERIVED_KEY + hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def scrub(text: str | None, limit: int) -> str | None:
@@ -138,7 +194,7 @@ def _status(kind: str, raw: Mapping[str, Any]) -> str | None:
 
 def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
     """One item of the posted JSON array, or None if it is not an event."""
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or _depth(raw, MAX_DEPTH) > MAX_DEPTH:
         return None
     kind = _text(raw.get("event"), 32)
     if kind is None:
@@ -148,7 +204,7 @@ def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
     reason = raw.get("reason") or raw.get("response")
     return ProviderEvent(
         kind=kind,
-        sg_event_id=_text(raw.get("sg_event_id"), 100),
+        sg_event_id=_text(raw.get("sg_event_id"), 100) or _derived_key(raw),
         campaign_id=_number(raw.get("campaign_id")),
         subscriber_id=_number(raw.get("subscriber_id")),
         delivery_id=_number(raw.get("delivery_id")),
@@ -182,8 +238,7 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
             for subscriber_id, key in conn.execute(select(s.id, s.email_key).where(column.in_(some))):
                 known.key_by_id[subscriber_id] = key
                 known.id_by_key[key] = subscriber_id
-    event_ids = {e.sg_event_id for e in events if e.sg_event_id is not None}
-    for sg_ids in in_chunks(event_ids):
+    for sg_ids in in_chunks({e.sg_event_id for e in events}):
         query = select(delivery_events.c.sg_event_id).where(delivery_events.c.sg_event_id.in_(sg_ids))
         known.stored_ids.update(sg for sg in conn.scalars(query) if sg is not None)
     return known
@@ -200,9 +255,7 @@ def _subscriber(event: ProviderEvent, known: _Known) -> int | None:
 
 def _apply_status(store: Store, subscriber_id: int, event: ProviderEvent, campaign_id: int | None) -> bool:
     assert event.status is not None
-    detail: dict[str, Any] = {"event": event.kind, "campaign_id": campaign_id}
-    if event.sg_event_id:
-        detail["sg_event_id"] = event.sg_event_id
+    detail = {"event": event.kind, "campaign_id": campaign_id, "sg_event_id": event.sg_event_id}
     try:
         return set_status(store, subscriber_id, event.status, actor=ACTOR, detail=detail)
     except AudienceError:
@@ -225,10 +278,10 @@ def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None
         event = parse_event(item, now)
         if event is None:
             result.ignored += 1
-        elif event.sg_event_id is not None and event.sg_event_id in seen:
+        elif event.sg_event_id in seen:
             result.duplicates += 1
         else:
-            seen.update([event.sg_event_id] if event.sg_event_id else [])
+            seen.add(event.sg_event_id)
             events.append(event)
     if not events:
         return result

@@ -3,13 +3,15 @@
 The order of checks keeps work away from strangers: no key configured → 403; signed timestamp missing,
 stale or from the future → 403 before the body is read; a body over ``webhook_max_body_bytes`` → 413
 as soon as that is known; then the ECDSA signature over exactly the bytes received (403 if it fails,
-and nothing is stored). Only then is the JSON parsed and recorded (``pipeline.feedback.events``), and the
-campaigns it touched are checked against the bounce and complaint limits (``pipeline.feedback.health``).
+and nothing is stored). Only then is the JSON parsed (400 if it is not an array, however deeply it
+nests) and recorded (``pipeline.feedback.events``), and the campaigns it touched are checked against
+the bounce and complaint limits (``pipeline.feedback.health``). A signed post that is an array is
+always answered 200 with its counts: events that cannot be read are skipped and counted
+(``ignored``), never a reason for SendGrid to retry the whole batch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pipeline.feedback import health
-from pipeline.feedback.events import record_events
+from pipeline.feedback.events import load_post, record_events
 from pipeline.web.context import WebContext, web
 from pipeline.web.security import BodyTooLarge, read_body
 from pipeline.web.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -67,11 +69,9 @@ async def sendgrid_events(request: Request) -> Response:
     if forged is not None:
         return _refuse(403, forged)
     try:
-        items = json.loads(body)
-    except ValueError:
-        return _refuse(400, "body is not JSON")
-    if not isinstance(items, list):
-        return _refuse(400, "body is not a JSON array of events")
+        items = load_post(body)
+    except ValueError as exc:
+        return _refuse(400, str(exc))
     return JSONResponse(await run_in_threadpool(_record, ctx, items))
 
 
