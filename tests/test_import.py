@@ -93,7 +93,7 @@ def test_duplicates_in_the_file_name_both_lines(store: Store, tmp_path: Path) ->
         (b"ana@example.com,Ana\n", ":1: error: the first line looks like data, not a header"),
         (
             b"email\tname\na@example.com\tA\n",
-            ":1: error: the header is one column 'email\tname' with tab in it",
+            ":1: error: the header is one column 'email\\tname' with tab in it",
         ),
         (b"email,name,email\n", ":1: error: column(s) named more than once: email"),
         (b"email,,name\n", ":1: error: column 2 of the header has no name"),

@@ -3,6 +3,10 @@
 The file is streamed line by line, so a bad byte is reported with its line and a million rows never sit
 in memory. The header decides the delimiter (whichever of ``,`` and ``;`` it has more of) and which
 column is which; every problem with the header is an ``AudienceError`` naming the file and line 1.
+
+Cells are guarded against spreadsheet formulas the way OWASP recommends for CSV files: our CSVs
+(exports, rejects) prefix ``'`` to a cell that starts with ``= + - @``, a tab or a carriage return,
+and reading takes exactly that prefix off again, so export → import is lossless.
 """
 
 from __future__ import annotations
@@ -14,10 +18,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.audience.fields import controls, visible
 from pipeline.errors import AudienceError, Problem
 
 CORE_COLUMNS = ("email", "name", "tags", "timezone", "status")
 """Columns with a meaning of their own; every other column becomes an attribute."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets."""
+GUARD = "'"
+CSV_LINE_END = "\r\n"
+"""Rows we write end as RFC 4180 says; Python's csv module then also quotes a value holding a lone
+carriage return, which with a plain newline it would write bare, splitting the row on reading."""
+_MAY_NEED_GUARD = frozenset([GUARD, *FORMULA_STARTS])
+
+
+def guard_cell(value: str) -> str:
+    """``value`` as a CSV cell no spreadsheet runs as a formula: ``=1+2`` → ``'=1+2``.
+
+    A value that already starts with apostrophes before a formula character gets one more, so
+    ``unguard_cell`` can always take exactly one off: ``'=x`` → ``''=x`` → ``'=x``.
+    """
+    if value[:1] not in _MAY_NEED_GUARD:  # nearly every cell: one set lookup
+        return value
+    return GUARD + value if value.lstrip(GUARD).startswith(FORMULA_STARTS) else value
+
+
+def unguard_cell(cell: str) -> str:
+    """The value ``guard_cell`` guarded; any other cell unchanged."""
+    if cell.startswith(GUARD) and cell.lstrip(GUARD).startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,20 +65,21 @@ class Columns:
 
 
 def _columns(path: str, cells: list[str], delimiter: str) -> Columns:
-    names = [cell.strip() for cell in cells]
+    names = [unguard_cell(cell.strip()) for cell in cells]
     other = ";" if delimiter == "," else ","
     problem = None
     if len(names) == 1 and (other in names[0] or "\t" in names[0]):
         found = "tab" if "\t" in names[0] else f"'{other}'"
-        problem = (
-            f"the header is one column '{names[0][:60]}' with {found} in it: separate columns with ',' or ';'"
-        )
+        problem = f"the header is one column '{visible(names[0], 60)}' with {found} in it: separate columns with ',' or ';'"
     elif any("@" in name for name in names):
         problem = (
             "the first line looks like data, not a header: add a first line such as email,name,tags,timezone"
         )
     elif "" in names:
         problem = f"column {names.index('') + 1} of the header has no name"
+    elif any(controls(name) for name in names):
+        bad = next(i for i, name in enumerate(names) if controls(name))
+        problem = f"column {bad + 1} of the header ('{visible(names[bad])}') has control characters"
     elif len({n.lower() for n in names}) != len(names):
         twice = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
         problem = f"column(s) named more than once: {', '.join(twice)}"

@@ -2,7 +2,9 @@
 
 The CSV has the importer's columns (``email,name,tags,timezone,status``, tags joined with ``|``) and
 one column per attribute, so ``export`` then ``import`` round-trips, status included: a backup restored
-into an empty store keeps everyone who unsubscribed unsubscribed.
+into an empty store keeps everyone who unsubscribed unsubscribed. Every cell is guarded against
+spreadsheet formulas (``csvsource.guard_cell``: ``=HYPERLINK(…)`` is written ``'=HYPERLINK(…)``), and
+the importer takes the guard off again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy import Row, Select, select
 
+from pipeline.audience.csvsource import CSV_LINE_END, guard_cell
 from pipeline.audience.fields import TAG_SEPARATOR
 from pipeline.audience.segments import SegmentSpec, resolve, where
 from pipeline.store.engine import Store
@@ -57,8 +60,8 @@ def _attribute_names(store: Store, segments: SegmentSpec | None) -> list[str]:
 
 def _write_csv(store: Store, out: TextIO, segments: SegmentSpec | None) -> int:
     attributes = _attribute_names(store, segments)
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, *attributes])
+    writer = csv.writer(out, lineterminator=CSV_LINE_END)
+    writer.writerow([guard_cell(name) for name in [*CSV_COLUMNS, *attributes]])
     written = 0
     for row, tags in _rows(store, segments):
         core = [
@@ -68,7 +71,8 @@ def _write_csv(store: Store, out: TextIO, segments: SegmentSpec | None) -> int:
             row["timezone"] or "",
             row["status"],
         ]
-        writer.writerow([*core, *(str(row["attributes"].get(name, "")) for name in attributes)])
+        cells = [*core, *(str(row["attributes"].get(name, "")) for name in attributes)]
+        writer.writerow([guard_cell(cell) for cell in cells])
         written += 1
     return written
 

@@ -5,6 +5,9 @@ who unsubscribed, bounced or complained are never touched, and a file can withdr
 column saying ``unsubscribed``) but never grant it back. A file with any invalid row imports nothing
 (``ImportRejected`` lists every bad row) unless ``skip_invalid`` is set, when the bad rows go to a
 rejects CSV instead.
+
+Names and attributes follow the preferences form's rules (``fields.check_name``): a control character
+or an over-long value is a bad row naming its column, never something stored.
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from pipeline.audience.csvsource import Columns, CsvSource
-from pipeline.audience.fields import check_tag, check_timezone, parse_email, split_tags
+from pipeline.audience.csvsource import CSV_LINE_END, Columns, CsvSource, guard_cell, unguard_cell
+from pipeline.audience.fields import (
+    check_attribute,
+    check_name,
+    check_tag,
+    check_timezone,
+    parse_email,
+    split_tags,
+    visible,
+)
 from pipeline.audience.subscribers import NEW_STATUSES, event_row, status_timestamps
-from pipeline.errors import AudienceError, ImportRejected, Problem
+from pipeline.errors import AudienceError, ImportRejected, Problem, Severity
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.statuses import LEFT, SubscriberStatus
 from pipeline.store.tables import (
@@ -35,6 +46,8 @@ BATCH_ROWS = 5000
 MAX_PROBLEMS = 1000
 Progress = Callable[[int, int], None]
 """Called after each batch with (bytes read, file size)."""
+Undeliverable = Callable[[str], str | None]
+"""Why the transport in use cannot take an address (None if it can): each such row gets a warning."""
 
 
 @dataclass(slots=True)
@@ -48,6 +61,8 @@ class ImportResult:
     """The rejected rows (``skip_invalid``), at most MAX_PROBLEMS of them."""
     skipped: list[Problem] = field(default_factory=list)
     """Why each suppressed row was left alone, at most MAX_PROBLEMS of them."""
+    warnings: list[Problem] = field(default_factory=list)
+    """Addresses the transport cannot take (see ``Undeliverable``), at most MAX_PROBLEMS of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +86,8 @@ class _Options:
 
 
 def _cell(cells: list[str], index: int | None) -> str:
-    return cells[index].strip() if index is not None else ""
+    """The value of one cell: spaces around it and a spreadsheet guard (``csvsource``) taken off."""
+    return unguard_cell(cells[index].strip()) if index is not None else ""
 
 
 def _parse(
@@ -92,26 +108,31 @@ def _parse(
             problems.append(Problem(path, str(exc), line, field=name))
             return None
 
-    address = check("email", cells[columns.email], parse_email)
+    address = check("email", _cell(cells, columns.email), parse_email)
+    given_name = _cell(cells, columns.name)
+    if given_name:
+        check("name", given_name, check_name)
+    attributes = {column: _cell(cells, index) for index, column in columns.attributes}
+    for column, value in attributes.items():
+        check(column, value, check_attribute)
     tags = check("tags", _cell(cells, columns.tags), split_tags) or []
     zone = _cell(cells, columns.timezone)
     timezone = check("timezone", zone, check_timezone) if zone else None
     status = _cell(cells, columns.status).lower() or None
     if status is not None and status not in set(SubscriberStatus):
-        problems.append(
-            Problem(path, f"'{status}' is not one of {', '.join(SubscriberStatus)}", line, field="status")
-        )
+        message = f"'{visible(status)}' is not one of {', '.join(SubscriberStatus)}"
+        problems.append(Problem(path, message, line, field="status"))
     if problems:
         return problems
     return _Row(
         line,
         address.email,
         address.key,
-        _cell(cells, columns.name) or None,
+        given_name or None,
         list(dict.fromkeys([*tags, *options.extra_tags])),
         timezone,
         status,
-        {name: cells[index].strip() for index, name in columns.attributes},
+        attributes,
     )
 
 
@@ -309,12 +330,14 @@ def import_csv(
     skip_invalid: bool = False,
     rejects: str | Path | None = None,
     progress: Progress | None = None,
+    undeliverable: Undeliverable | None = None,
 ) -> ImportResult:
     """Import subscribers from a CSV file in one transaction; see the module docstring for the rules.
 
     ``status`` (active or unconfirmed) is given to new people whose row has no status of its own
     (default active). ``update`` refreshes name, tags, attributes and time zone of people already in the
-    store. ``rejects`` receives the invalid rows with a ``reason`` column.
+    store. ``rejects`` receives the invalid rows with a ``reason`` column. ``undeliverable`` says which
+    addresses the transport in use cannot take; their rows are imported, each with a warning.
     """
     if status is not None and status not in NEW_STATUSES:
         raise AudienceError(f"status: an import adds people as active or unconfirmed, not '{status}'")
@@ -343,9 +366,15 @@ def import_csv(
             if isinstance(parsed, list):
                 _reject(result, parsed)
                 if rejects_csv is not None:
-                    rejects_csv.writerow([*cells, "; ".join(p.message for p in parsed)])
+                    reason = "; ".join(p.message for p in parsed)
+                    rejects_csv.writerow([guard_cell(cell) for cell in [*cells, reason]])
                 continue
             seen[parsed.key] = line
+            why = undeliverable(parsed.email) if undeliverable is not None else None
+            if why is not None and len(result.warnings) < MAX_PROBLEMS:
+                message = f"'{visible(parsed.email)}' {why}"
+                warning = Problem(source.name, message, line, field="email", severity=Severity.WARNING)
+                result.warnings.append(warning)
             if result.rejected and not skip_invalid:
                 continue  # keep reading only to report every bad row
             batch.append(parsed)
@@ -382,6 +411,6 @@ def _rejects_writer(files: ExitStack, path: str | Path, source: CsvSource) -> An
         handle: IO[str] = files.enter_context(Path(path).open("w", encoding="utf-8", newline=""))  # noqa: SIM115
     except OSError as exc:
         raise AudienceError(f"{path}: error: cannot write the rejects file: {exc.strerror or exc}") from None
-    writer = csv.writer(handle, delimiter=source.delimiter, lineterminator="\n")
-    writer.writerow([*source.columns.header, "reason"])
+    writer = csv.writer(handle, delimiter=source.delimiter, lineterminator=CSV_LINE_END)
+    writer.writerow([guard_cell(cell) for cell in [*source.columns.header, "reason"]])
     return writer

@@ -7,20 +7,17 @@ logged in the consent log as ``updated`` with the fields that changed, never the
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
 
+from pipeline.audience.fields import NAME_LENGTH, is_control
 from pipeline.audience.segments import Segments
 from pipeline.audience.subscribers import event_row
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.tables import subscriber_events, subscriber_tags, subscribers
-
-NAME_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +36,14 @@ def topics(segments: Segments) -> tuple[Topic, ...]:
 
 
 def clean_name(raw: object) -> str | None:
-    """A name as typed, without control characters or runs of spaces; None when empty."""
+    """A name as typed, without control characters or runs of spaces; None when empty.
+
+    The forms clean where an import refuses (``fields.check_name``): the same characters, the same length.
+    """
     if not isinstance(raw, str):
         return None
-    text = "".join(ch for ch in raw if unicodedata.category(ch)[0] != "C" or ch == " ")
-    text = re.sub(r"\s+", " ", text).strip()
+    kept = "".join(ch for ch in raw if ch.isspace() or not is_control(ch))
+    text = " ".join(kept.split())  # line breaks, tabs and runs of spaces become one space
     return text[:NAME_LENGTH].strip() or None
 
 

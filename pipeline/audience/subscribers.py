@@ -8,13 +8,19 @@ records who changed what and when, but never an address: erasing a person leaves
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
-from pipeline.audience.fields import check_tag, check_timezone, parse_email
+from pipeline.audience.fields import (
+    check_attribute,
+    check_name,
+    check_tag,
+    check_timezone,
+    parse_email,
+)
 from pipeline.audience.segments import SegmentSpec, resolve, where
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store, utcnow
@@ -130,6 +136,13 @@ def _key(email: str) -> str:
         raise AudienceError(str(exc)) from None
 
 
+def _checked(field: str, value: str, check: Callable[[str], str]) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise AudienceError(f"{field}: {exc}") from None
+
+
 def _required(row: RowMapping | None, who: int | str) -> RowMapping:
     if row is None:
         raise AudienceError(f"no subscriber {who!r}" if isinstance(who, int) else f"{who}: not a subscriber")
@@ -174,7 +187,10 @@ def add_subscriber(
     attributes: dict[str, str] | None = None,
     actor: str = "admin",
 ) -> Subscriber:
-    """Add one person; an existing or suppressed address is an ``AudienceError``, never an overwrite."""
+    """Add one person; an existing or suppressed address is an ``AudienceError``, never an overwrite.
+
+    The name and attributes follow the import's rules (no control characters, a bounded length).
+    """
     if status not in NEW_STATUSES:
         raise AudienceError(f"status: new subscribers are active or unconfirmed, not '{status}'")
     try:
@@ -183,6 +199,9 @@ def add_subscriber(
         zone = check_timezone(timezone) if timezone else None
     except ValueError as exc:
         raise AudienceError(str(exc)) from None
+    given_name = _checked("name", (name or "").strip(), check_name) or None
+    for key, value in (attributes or {}).items():
+        _checked(f"attributes.{key}", value, check_attribute)
     now = utcnow()
     address_hash = store.address_hash(address.key)
     with store.write() as conn:
@@ -195,7 +214,7 @@ def add_subscriber(
             "email": address.email,
             "email_key": address.key,
             "address_hash": address_hash,
-            "name": (name or "").strip() or None,
+            "name": given_name,
             "status": status,
             "attributes": attributes or {},
             "timezone": zone,

@@ -1,7 +1,9 @@
 """Commands for the subscriber list (``subscribers``), its segments (``segments``) and the store (``db``).
 
 Each command parses its arguments, calls one library function and prints the result; errors from the
-library reach the top-level group, which prints them and exits 1.
+library reach the top-level group, which prints them and exits 1. What people typed into a form or a
+CSV is printed through ``shown_text``: as plain text (never rich markup) with control characters
+escaped, so a name can neither colour nor retitle the operator's terminal.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.audience.exporter import Format, export_subscribers
+from pipeline.audience.fields import visible
 from pipeline.audience.importer import ImportResult, import_csv
 from pipeline.audience.segments import load_segments
 from pipeline.audience.selection import count, explain, member_count
@@ -33,6 +36,8 @@ from pipeline.audience.subscribers import (
     unsubscribe,
 )
 from pipeline.cli.context import CliContext, console, console_err, pass_context, shown
+from pipeline.errors import Problem
+from pipeline.render.addresses import refusal
 from pipeline.store.engine import Store, head_revision, open_store
 from pipeline.store.statuses import SubscriberStatus
 
@@ -52,6 +57,11 @@ def _store(ctx: CliContext, *, migrate: bool = True) -> Iterator[Store]:
 
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
+
+
+def shown_text(value: str) -> Text:
+    """Stored subscriber text for the terminal: no markup, control characters escaped (``\\x1b``)."""
+    return Text(visible(value, None))
 
 
 @click.group()
@@ -86,6 +96,14 @@ def _print_import(file: Path, result: ImportResult) -> None:
             console_err.print(Text(f"{label}: {problem}", style="yellow"), soft_wrap=True)
         if len(problems) > SHOWN_PROBLEMS:
             console_err.print(f"… and {len(problems) - SHOWN_PROBLEMS} more {label}", style="yellow")
+    _print_warnings(result.warnings)
+
+
+def _print_warnings(warnings: list[Problem]) -> None:
+    for warning in warnings[:SHOWN_PROBLEMS]:
+        console_err.print(Text(str(warning), style="yellow"), soft_wrap=True)
+    if len(warnings) > SHOWN_PROBLEMS:
+        console_err.print(f"… and {len(warnings) - SHOWN_PROBLEMS} more warnings", style="yellow")
 
 
 @subscribers.command("import")
@@ -118,8 +136,10 @@ def import_(
     The header names the columns: email (required), name, tags (separated by |), timezone (IANA, e.g.
     Europe/Berlin) and status; any other column becomes an attribute that segments can use. One bad
     row and nothing is imported (every bad row is listed), unless --skip-invalid. Addresses on the
-    suppression list and people who left are skipped and counted as suppressed.
+    suppression list and people who left are skipped and counted as suppressed. Addresses the
+    configured transport cannot send to (a local part outside ASCII) are imported with a warning.
     """
+    transport = ctx.settings.delivery.transport
     with _store(ctx) as store, _progress(file.stat().st_size) as progress:
         result = import_csv(
             store,
@@ -130,6 +150,7 @@ def import_(
             skip_invalid=skip_invalid,
             rejects=rejects,
             progress=progress,
+            undeliverable=lambda address: refusal(transport, address),
         )
     _print_import(file, result)
 
@@ -155,11 +176,11 @@ def list_(ctx: CliContext, segments: tuple[str, ...], statuses: tuple[str, ...],
     for person in people:
         table.add_row(
             str(person.id),
-            person.email,
-            person.name or "",
+            shown_text(person.email),
+            shown_text(person.name or ""),
             person.status,
-            ", ".join(person.tags),
-            person.timezone or "",
+            shown_text(", ".join(person.tags)),
+            shown_text(person.timezone or ""),
             person.created_at.date().isoformat(),
         )
     console.print(table)
@@ -182,7 +203,7 @@ def _fields(person: Subscriber) -> Table:
         **{f"attributes.{key}": str(value) for key, value in sorted(person.attributes.items())},
     }
     for key, value in rows.items():
-        table.add_row(Text(key, style="bold"), value)
+        table.add_row(Text(visible(key, None), style="bold"), shown_text(value))
     return table
 
 
@@ -199,7 +220,7 @@ def show(ctx: CliContext, email: str) -> None:
     for event in events:
         change = f"{event.from_status or ''} → {event.to_status}" if event.to_status else ""
         detail = json.dumps(event.detail) if event.detail else ""
-        log.add_row(_when(event.at), event.kind, change, event.actor, detail)
+        log.add_row(_when(event.at), event.kind, change, shown_text(event.actor), shown_text(detail))
     console.print(log)
 
 
@@ -216,10 +237,18 @@ def show(ctx: CliContext, email: str) -> None:
 def add(
     ctx: CliContext, email: str, name: str | None, tags: tuple[str, ...], timezone: str | None, status: str
 ) -> None:
-    """Add one person who asked to subscribe (an existing or erased address is refused)."""
+    """Add one person who asked to subscribe (an existing or erased address is refused).
+
+    The name has the import's rules; an address the configured transport cannot take gets a warning.
+    """
     with _store(ctx) as store:
         person = add_subscriber(store, email, name=name, tags=tags, status=status, timezone=timezone)
-    console.print(f"added {person.email} (id {person.id}, {person.status})", soft_wrap=True)
+    console.print(shown_text(f"added {person.email} (id {person.id}, {person.status})"), soft_wrap=True)
+    why = refusal(ctx.settings.delivery.transport, person.email)
+    if why is not None:
+        console_err.print(
+            shown_text(f"warning: email: '{person.email}' {why}"), style="yellow", soft_wrap=True
+        )
 
 
 @subscribers.command("unsubscribe")

@@ -12,6 +12,7 @@ import binascii
 import html
 import re
 import secrets
+import unicodedata
 from datetime import UTC, datetime
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
@@ -23,6 +24,8 @@ from pipeline.settings import Settings
 
 CRLF = b"\r\n"
 _SOFT_BREAK = b"=\r\n"
+_UNSAFE = frozenset({"Cc", "Cs"})
+"""Unicode categories never put in a header: control characters and lone surrogates."""
 
 
 def list_id(settings: Settings) -> str:
@@ -70,6 +73,15 @@ def _ascii_header(name: str, value: str) -> bytes:
     if len(line) > 78:
         line = line.replace(", ", ",\r\n ")
     return line.encode("ascii" if line.isascii() else "utf-8") + CRLF
+
+
+def display_name(name: str | None) -> str:
+    """A stored name as it may stand in a header: one line, and no control characters (NUL, ESC,
+    DEL…) even if some reached the store before imports refused them."""
+    text = " ".join((name or "").split())
+    if text.isprintable():  # nearly every name: C-speed
+        return text
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) not in _UNSAFE).split())
 
 
 def to_header(name: str, email: str) -> str:
@@ -152,7 +164,7 @@ class MessageTemplate:
             "preferences_url": fields.preferences_url,
         }
         personal = {
-            "To": to_header(" ".join((recipient.name or "").split()), recipient.email),
+            "To": to_header(display_name(recipient.name), recipient.email),
             "Date": format_datetime(date or datetime.now(UTC)),
             "Message-ID": message_id,
             "List-Unsubscribe": list_unsubscribe(self.settings, fields.unsubscribe_url),
