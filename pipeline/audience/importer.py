@@ -21,12 +21,15 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from pipeline.audience.csvsource import CSV_LINE_END, Columns, CsvSource, guard_cell, unguard_cell
+from pipeline.audience.csvsource import CSV_LINE_END, GUARD, Columns, CsvSource, guard_cell, unguard_cell
 from pipeline.audience.fields import (
+    ATTRIBUTE_LENGTH,
+    NAME_LENGTH,
     check_attribute,
     check_name,
     check_tag,
     check_timezone,
+    needs_check,
     parse_email,
     split_tags,
     visible,
@@ -87,7 +90,10 @@ class _Options:
 
 def _cell(cells: list[str], index: int | None) -> str:
     """The value of one cell: spaces around it and a spreadsheet guard (``csvsource``) taken off."""
-    return unguard_cell(cells[index].strip()) if index is not None else ""
+    if index is None:
+        return ""
+    value = cells[index].strip()
+    return unguard_cell(value) if value[:1] == GUARD else value
 
 
 def _parse(
@@ -110,11 +116,12 @@ def _parse(
 
     address = check("email", _cell(cells, columns.email), parse_email)
     given_name = _cell(cells, columns.name)
-    if given_name:
+    if needs_check(given_name, NAME_LENGTH):
         check("name", given_name, check_name)
     attributes = {column: _cell(cells, index) for index, column in columns.attributes}
     for column, value in attributes.items():
-        check(column, value, check_attribute)
+        if needs_check(value, ATTRIBUTE_LENGTH):
+            check(column, value, check_attribute)
     tags = check("tags", _cell(cells, columns.tags), split_tags) or []
     zone = _cell(cells, columns.timezone)
     timezone = check("timezone", zone, check_timezone) if zone else None
