@@ -36,6 +36,7 @@ from pipeline.store.engine import Store
 from pipeline.transports import open_transport
 from pipeline.transports.base import Transport
 from pipeline.web import archive, preferences, signup, unsubscribe, webhook
+from pipeline.web.accesslog import hide_tokens
 from pipeline.web.context import WebContext, web
 from pipeline.web.pages import Pages
 from pipeline.web.security import FormGuard, SecureHeaders, SlidingWindow, security_headers
@@ -140,8 +141,10 @@ def server(
     """A uvicorn server for ``app`` (``run()`` blocks; set ``should_exit`` to stop it from another thread).
 
     Client addresses come from X-Forwarded-For only when the connection is from ``forwarded_allow_ips``
-    (the TLS proxy), so the signup rate limit counts real clients, not the proxy.
+    (the TLS proxy), so the signup rate limit counts real clients, not the proxy. The access log shows
+    token routes without their token (``/u/…``): a link's token is a credential.
     """
+    hide_tokens(app)
     config = uvicorn.Config(
         app,
         host=host,
