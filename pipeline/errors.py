@@ -9,13 +9,16 @@
     ├── TokenError                  a signed token is forged, truncated, tampered or expired
     └── DispatchError               a campaign cannot be started, resumed or sent as asked
 
-Where the input has a place, the message names it as ``FILE:LINE:COL: FIELD: message``.
+Where the input has a place, the message names it as ``FILE:LINE:COL: FIELD: message``; invisible
+characters from the input are shown as escapes (``\\x1b``), never sent to the terminal as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from pipeline.validation import printable
 
 
 class Severity(StrEnum):
@@ -41,7 +44,7 @@ class Problem:
             if self.column is not None:
                 where += f":{self.column}"
         field = f"{self.field}: " if self.field else ""
-        return f"{where}: {self.severity.value}: {field}{self.message}"
+        return printable(f"{where}: {self.severity.value}: {field}{self.message}")
 
 
 class PipelineError(Exception):

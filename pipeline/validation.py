@@ -1,7 +1,8 @@
 """Turn pydantic's validation errors into messages an editor or operator can act on.
 
 Shared by settings and issue files: both reject unknown keys (with a "did you mean") and report every
-problem at once, each with the dotted path of the field it concerns.
+problem at once, each with the dotted path of the field it concerns. Both also refuse characters nobody
+can see (controls, separators): they break headers and MJML, and the writer would never find them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -83,3 +85,62 @@ def _message(error: Any, model: type[BaseModel]) -> FieldError:
 def field_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldError]:
     """Every error in ``exc`` as a path and a readable message."""
     return [_message(error, model) for error in exc.errors()]
+
+
+LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+"""Every character ``str.splitlines()`` ends a line at: a single-line field allows none of them."""
+
+_CONTROL_NAMES = {
+    "\0": "NULL",
+    "\a": "BELL",
+    "\b": "BACKSPACE",
+    "\t": "TAB",
+    "\n": "LINE FEED",
+    "\v": "VERTICAL TAB",
+    "\f": "FORM FEED",
+    "\r": "CARRIAGE RETURN",
+    "\x1b": "ESCAPE",
+    "\x1c": "FILE SEPARATOR",
+    "\x1d": "GROUP SEPARATOR",
+    "\x1e": "RECORD SEPARATOR",
+    "\x1f": "UNIT SEPARATOR",
+    "\x7f": "DELETE",
+    "\x85": "NEXT LINE",
+}
+
+
+def char_name(char: str) -> str:
+    """``U+001B (ESCAPE)``: a character nobody can see, named so the writer can find it."""
+    name = _CONTROL_NAMES.get(char) or unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def invisible_kind(char: str, allowed: str = "") -> str | None:
+    """Why ``char`` has no place in text a person wrote (None when it is fine): controls, separators."""
+    if char in allowed:
+        return None
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return "an invisible control character"
+    if category in {"Zl", "Zp"}:
+        return "an invisible line break"
+    if category == "Cs":
+        return "half of a surrogate pair, not a character"
+    if char in "\ufffe\uffff":
+        return "a noncharacter"
+    return None
+
+
+def invisible_problem(value: str, allowed: str = "") -> str | None:
+    """The first character of ``value`` that :func:`invisible_kind` refuses, described; None if none."""
+    for index, char in enumerate(value):
+        if kind := invisible_kind(char, allowed):
+            return f"{char_name(char)} at character {index + 1} is {kind}; delete it"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with every invisible character written as an escape, safe to echo to a terminal."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if invisible_kind(char) else char for char in text
+    )

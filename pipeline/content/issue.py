@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +19,40 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pipeline.content.yamlsource import dotted, load_located
 from pipeline.errors import ContentError, Problem, Severity
-from pipeline.validation import field_errors
+from pipeline.validation import LINE_BREAKS, char_name, field_errors, invisible_kind, invisible_problem
 
+MAX_BYTES = 1_000_000
+"""Largest issue file read: a weekly issue is a few KB, and parsing 20 MB of YAML takes minutes."""
 FILE_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)$")
 
 
 def _http_url(value: str) -> str:
+    if any(char.isspace() or invisible_kind(char) for char in value):
+        raise ValueError("must not contain spaces or invisible characters (write a space as %20)")
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValueError(f"must be an absolute http(s) URL, got '{value}'")
     return value
 
 
-Text = Annotated[str, Field(min_length=1)]
-"""Required text (Markdown where the field says so); surrounding whitespace is stripped."""
-
-
-def _one_line(value: str) -> str:
-    if "\n" in value or "\r" in value:
-        raise ValueError("must be a single line (it becomes an email header or the inbox preview)")
+def _text(value: str) -> str:
+    if problem := invisible_problem(value, allowed="\n\t"):
+        raise ValueError(problem)
     return value
 
 
+def _one_line(value: str) -> str:
+    for index, char in enumerate(value):
+        if char in LINE_BREAKS:
+            raise ValueError(f"must be a single line: {char_name(char)} at character {index + 1} breaks it")
+    return _text(value)
+
+
+Text = Annotated[str, Field(min_length=1), AfterValidator(_text)]
+"""Required text (Markdown where the field says so); surrounding whitespace is stripped. Line breaks and
+tabs are allowed, other control characters are not."""
 Line = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
+"""Text that must stay on one line: it becomes a header, the inbox preview, a heading or a label."""
 Url = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -49,21 +61,21 @@ class Model(BaseModel):
 
 
 class Strategy(Model):
-    title: Text
+    title: Line
     body: Text
     steps: list[Text] = []
 
 
 class Story(Model):
-    title: Text
+    title: Line
     body: Text
-    attribution: Text | None = None
+    attribution: Line | None = None
 
 
 class NextStep(Model):
     text: Text
     link: Url | None = None
-    link_text: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    link_text: Annotated[Line, Field(max_length=40)] | None = None
 
     @model_validator(mode="after")
     def _label_needs_link(self) -> NextStep:
@@ -73,15 +85,15 @@ class NextStep(Model):
 
 
 class Resource(Model):
-    title: Text
-    by: Text
+    title: Line
+    by: Line
     kind: Literal["book", "podcast", "article", "community", "service", "video"]
     url: Url
 
 
 class Hero(Model):
     src: Url
-    alt: Annotated[str, Field(min_length=1, description="Describe the image; it is read aloud.")]
+    alt: Annotated[Line, Field(description="Describe the image; it is read aloud.")]
     link: Url | None = None
 
 
@@ -97,8 +109,8 @@ class Issue(Model):
     story: Story
     next_steps: list[NextStep] = Field(min_length=1)
     resources: list[Resource] = []
-    segments: list[Text] | None = None
-    template: Text | None = None
+    segments: list[Line] | None = None
+    template: Line | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +152,23 @@ def _location_problems(path: Path, issue_date: dt.date | None) -> list[Problem]:
     return []
 
 
+def _holds(text: str, data: object) -> str:
+    """What a file that is not a mapping holds instead, so "empty" is said only of an empty file."""
+    if isinstance(data, list):
+        return "this one holds a list"
+    if data is not None and any(char.isprintable() and not char.isspace() for char in str(data)):
+        return f"this one holds only the value '{str(data)[:40]}'"
+    if not text:
+        return "this one is empty"
+    unseen = Counter(char for char in text if not (char.isprintable() or char in " \t\r\n"))
+    if unseen:
+        listed = ", ".join(
+            f"{char_name(char)} {count} time{'s' * (count > 1)}" for char, count in unseen.most_common(3)
+        )
+        return f"this one holds no keys, only invisible characters: {listed}"
+    return "this one holds no keys, only comments and blank lines"
+
+
 def parse_issue(text: str, path: Path) -> tuple[Issue | None, list[Problem]]:
     """Validate ``text`` as an issue; return it (or None) with every problem found."""
     source = str(path)
@@ -147,7 +176,10 @@ def parse_issue(text: str, path: Path) -> tuple[Issue | None, list[Problem]]:
     if located is None:
         return None, problems
     if not isinstance(located.data, dict):
-        problems.append(Problem(source, "an issue file must be a mapping of keys (subject:, date:, …)", 1, 1))
+        message = (
+            f"an issue file must be a mapping of keys (subject:, date:, …); {_holds(text, located.data)}"
+        )
+        problems.append(Problem(source, message, 1, 1))
         return None, problems
     try:
         issue = Issue.model_validate(located.data)
@@ -162,13 +194,28 @@ def parse_issue(text: str, path: Path) -> tuple[Issue | None, list[Problem]]:
     return issue, problems + _location_problems(path, issue.date)
 
 
+def read_issue_text(path: Path) -> tuple[str | None, list[Problem]]:
+    """The file's text, or None and why not; a file over ``MAX_BYTES`` is refused before it is read."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        return None, [Problem(str(path), f"cannot read: {exc}")]
+    if len(data) > MAX_BYTES:
+        message = f"larger than {MAX_BYTES // 1_000_000} MB; an issue file is a few KB, so it is not read"
+        return None, [Problem(str(path), message, 1, 1)]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        return None, [Problem(str(path), f"cannot read: {exc}")]
+
+
 def load_issue(path: str | Path) -> IssueFile:
     """Load one issue file; raise ``ContentError`` with every error in it (warnings don't stop it)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ContentError([Problem(str(path), f"cannot read: {exc}")]) from None
+    text, unread = read_issue_text(path)
+    if text is None:
+        raise ContentError(unread)
     issue, problems = parse_issue(text, path)
     if issue is None or any(p.severity is Severity.ERROR for p in problems):
         raise ContentError(problems)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.content.issue import IssueFile, parse_issue
+from pipeline.content.issue import IssueFile, parse_issue, read_issue_text
 from pipeline.content.yamlsource import Path as YamlPath
 from pipeline.content.yamlsource import Position, load_located
 from pipeline.errors import ContentError, Problem, Severity
@@ -191,10 +191,9 @@ class CheckedIssue:
 
 def check_issue(path: Path, renderer: Renderer, links: Links) -> CheckedIssue:
     """Every problem in one issue file: schema first, then lint on its rendered copy."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return CheckedIssue([Problem(str(path), f"cannot read: {exc}")])
+    text, unread = read_issue_text(path)
+    if text is None:
+        return CheckedIssue(unread)
     issue, problems = parse_issue(text, path)
     if issue is None:
         return CheckedIssue(problems)
