@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from pipeline.errors import Problem, SettingsError
-from pipeline.validation import field_errors
+from pipeline.validation import field_errors, invisible_kind
 
 SETTINGS_ENV = "NEWSLETTER_SETTINGS"
 SECRET_ENV_NAMES = ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "SMTP_PASSWORD")
@@ -56,18 +60,80 @@ def _transport(value: str) -> str:
 
 
 def _base_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("must be an absolute http(s) URL such as https://news.example.org")
+    if problems := list(_base_url_problems(value)):
+        parts = urlsplit(value)
+        shown = (
+            parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]) if "@" in parts.netloc else parts
+        )
+        raise ValueError(
+            f"'{shown.geturl()}' {' and '.join(problems)}; every link is this plus a path (/u/…), "
+            "so write it like https://news.example.org"
+        )
     return value.rstrip("/")
+
+
+def _base_url_problems(value: str) -> Iterator[str]:
+    """What keeps ``value`` from being the start of every link in a message."""
+    if any(char.isspace() or invisible_kind(char) for char in value):
+        yield "has spaces or invisible characters"
+    if not value.isascii():
+        yield "is not ASCII (write an international host name as xn--…)"
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"}:
+        yield "is not an absolute http(s) URL"
+    elif not parts.hostname:
+        yield "has no host name"
+    if "@" in parts.netloc:
+        yield "has a user name or password in it"
+    if "?" in value.partition("#")[0]:
+        yield f"has a query ('?{parts.query}')"
+    if "#" in value:
+        yield f"has a fragment ('#{parts.fragment}')"
+    try:
+        port_ok = parts.port != 0
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        yield "has a port that is not a number from 1 to 65535"
+
+
+STORE_DRIVERS = ("sqlite", "postgresql+psycopg", "postgresql", "postgres")
+"""The store URL schemes the store opens (``postgresql`` and ``postgres`` mean psycopg 3)."""
+
+
+def _store_url(value: str) -> str:
+    example = "write sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"is not a database URL; {example}") from None
+    if url.drivername not in STORE_DRIVERS:
+        raise ValueError(f"'{url.drivername}' is not a database the store can use; {example}")
+    return value
+
+
+def _category(value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(f"'{value}' is not plain ASCII, which SendGrid requires of categories")
+    return value
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if repeated := sorted({value for value in values if values.count(value) > 1}):
+        raise ValueError(f"{', '.join(map(repr, repeated))} given more than once")
+    return values
 
 
 Email = Annotated[str, AfterValidator(_email)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 NonEmpty = Annotated[str, Field(min_length=1)]
+Category = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_category)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    """Numbers must be finite: ``inf`` and ``nan`` are valid TOML and would pass ``gt=0``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class NewsletterSettings(Section):
@@ -100,7 +166,7 @@ class SenderSettings(Section):
 
 
 class StoreSettings(Section):
-    url: NonEmpty = Field(
+    url: Annotated[str, AfterValidator(_store_url)] = Field(
         "sqlite:///var/newsletter.db",
         description="SQLAlchemy URL; sqlite:///relative/path is under the project, or postgresql+psycopg://…",
     )
@@ -127,6 +193,7 @@ class DeliverySettings(Section):
     stop_seconds: float = Field(
         60.0,
         gt=0,
+        le=3600,
         description="After Ctrl-C, SIGTERM or a pause, how long the batches in flight may take to finish "
         "before they are cut short (what was not handed over goes back to the queue; a message cut "
         "mid-handover is in doubt). Keep it plus smtp.timeout under systemd's TimeoutStopSec (120 s).",
@@ -142,17 +209,21 @@ class SmtpSettings(Section):
     )
     username: str | None = Field(None, description="Login name; the password comes from SMTP_PASSWORD.")
     connections: int = Field(4, ge=1, le=64, description="Parallel SMTP connections.")
-    timeout: float = Field(30.0, gt=0, description="Seconds before a silent server is given up on.")
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before a silent server is given up on.")
 
 
 class SendGridSettings(Section):
     host: NonEmpty = Field("https://api.sendgrid.com", description="API host; the key is SENDGRID_API_KEY.")
-    timeout: float = Field(30.0, gt=0, description="Seconds before a request is abandoned and retried.")
+    timeout: float = Field(
+        30.0, gt=0, le=3600, description="Seconds before a request is abandoned and retried."
+    )
     concurrency: int = Field(4, ge=1, le=32, description="Requests in flight at once.")
     max_retries: int = Field(
         6, ge=0, le=20, description="Retries of a request on 429, 5xx or network errors."
     )
-    categories: list[NonEmpty] = Field([], max_length=10, description="Categories added to every message.")
+    categories: Annotated[list[Category], AfterValidator(_distinct)] = Field(
+        [], max_length=10, description="Categories added to every message (SendGrid: ASCII, at most 10)."
+    )
 
 
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -177,14 +248,20 @@ class ScheduleSettings(Section):
     catch_up_hours: float = Field(
         12.0,
         ge=0,
+        le=24 * 365,
         description="After downtime, send an issue at most this late; older ones are marked missed.",
     )
     per_recipient_timezone: bool = Field(
         False, description="Deliver at the local time in each subscriber's own time zone."
     )
-    tick_seconds: float = Field(60.0, gt=0, description="How often `newsletter run` looks for due issues.")
+    tick_seconds: float = Field(
+        60.0, gt=0, le=86400, description="How often `newsletter run` looks for due issues."
+    )
     lease_seconds: float = Field(
-        300.0, gt=0, description="How long a silent scheduler keeps the lease before another takes over."
+        300.0,
+        gt=0,
+        le=86400,
+        description="How long a silent scheduler keeps the lease before another takes over.",
     )
 
 
@@ -251,24 +328,88 @@ def find_settings_file(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
-    """Read and validate the settings file; every problem is reported, each naming its key."""
+    """Read and validate the settings file; every problem is reported, each naming its key and line."""
     file = find_settings_file(path)
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{file}: error: TOML syntax: {exc}") from None
+        raise SettingsError(str(_syntax_problem(str(file), str(exc), text))) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{file}: error: cannot read: {exc}") from None
+    places = _key_places(text)
     if "root" in raw:
-        raise SettingsError(f"{file}: error: root: unknown key 'root'")
+        raise SettingsError(str(_problem(file, places, ("root",), "unknown key 'root'")))
     try:
         return Settings.model_validate({**raw, "root": file.resolve().parent})
     except ValidationError as exc:
         problems = [
-            Problem(str(file), error.message, field=".".join(map(str, error.path)))
-            for error in field_errors(exc, Settings)
+            _problem(file, places, error.path, error.message) for error in field_errors(exc, Settings)
         ]
         raise SettingsError("\n".join(map(str, problems))) from None
+
+
+_TOML_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_TOML_DOTTED = rf"{_TOML_KEY}(?:[ \t]*\.[ \t]*{_TOML_KEY})*"
+_TOML_TABLE = re.compile(rf"[ \t]*\[\[?[ \t]*({_TOML_DOTTED})[ \t]*\]")
+_TOML_ASSIGNMENT = re.compile(rf"([ \t]*)({_TOML_DOTTED})[ \t]*=")
+_TOML_AT = re.compile(r" \(at line (\d+), column (\d+)\)$")
+Place = tuple[int, int]
+
+
+def _key_places(text: str) -> dict[tuple[str, ...], Place]:
+    """(line, column) where each table and key is first written: tomllib keeps no positions, so a
+    scan of the lines finds them (inside multi-line strings nothing is a key)."""
+    places: dict[tuple[str, ...], Place] = {}
+    table: tuple[str, ...] = ()
+    open_quote = ""
+    for number, line in enumerate(text.split("\n"), 1):
+        if open_quote:
+            open_quote = "" if line.count(open_quote) % 2 else open_quote
+        elif header := _TOML_TABLE.match(line):
+            table = _key_parts(header[1])
+            places.setdefault(table, (number, 1))
+        elif assignment := _TOML_ASSIGNMENT.match(line):
+            key = (*table, *_key_parts(assignment[2]))
+            for depth in range(len(table) + 1, len(key) + 1):  # `a.b = 1` also opens table a
+                places.setdefault(key[:depth], (number, len(assignment[1]) + 1))
+            rest = line[assignment.end() :]
+            open_quote = next((quote for quote in ('"""', "'''") if rest.count(quote) % 2), "")
+    return places
+
+
+def _key_parts(dotted: str) -> tuple[str, ...]:
+    return tuple(part.strip("\"'") for part in re.findall(_TOML_KEY, dotted))
+
+
+def _problem(
+    file: Path, places: dict[tuple[str, ...], Place], path: tuple[str | int, ...], message: str
+) -> Problem:
+    """The problem at the line of ``path``, or of the nearest table above it (a missing key names its
+    table); with no line when not even the table is written."""
+    keys = tuple(str(part) for part in path if not isinstance(part, int))
+    found = next((places[keys[:depth]] for depth in range(len(keys), 0, -1) if keys[:depth] in places), None)
+    line, column = found if found else (None, None)
+    return Problem(str(file), message, line, column, ".".join(map(str, path)))
+
+
+def _syntax_problem(source: str, message: str, text: str) -> Problem:
+    """tomllib's "… (at line L, column C)" as FILE:L:C; a string left open is shown where it opened."""
+    lines = text.split("\n")
+    at = _TOML_AT.search(message)
+    if at is None:  # "… (at end of document)"
+        reason = message.removesuffix(" (at end of document)")
+        return Problem(
+            source, f"TOML syntax: {reason} at the end of the file", len(lines), len(lines[-1]) + 1
+        )
+    line, column = int(at[1]), int(at[2])
+    if message.startswith("Illegal character '\\n'"):  # the line ended inside a string
+        where = lines[line - 1]
+        after = max(where.find("="), 0)
+        quotes = [index for index in (where.find('"', after), where.find("'", after)) if index >= 0]
+        opened = min(quotes, default=column - 1) + 1
+        return Problem(source, "TOML syntax: this quoted value is not closed on its line", line, opened)
+    return Problem(source, f"TOML syntax: {message[: at.start()]}", line, column)
 
 
 def secret(name: str) -> str | None:

@@ -337,7 +337,8 @@ def test_bad_settings_file_is_a_one_line_error_without_traceback(project: Path) 
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert lines(result) == [lines(result)[0]], f"expected one line, got:\n{result.output}"
-    assert lines(result)[0].startswith(f"{settings}: error: TOML syntax:")
+    line = 1 + settings.read_text(encoding="utf-8").splitlines().index("[newsletter")
+    assert lines(result)[0].startswith(f"{settings}:{line}:12: error: TOML syntax:")
 
 
 def test_unknown_settings_key_is_a_clean_error_naming_it(project: Path) -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from pydantic import BaseModel
 
 from pipeline.content import yamlsource
 from pipeline.content.issue import MAX_BYTES, load_issue
-from pipeline.errors import ContentError
+from pipeline.errors import ContentError, SettingsError
+from pipeline.settings import Settings, load_settings
 from pipeline.validation import LINE_BREAKS, invisible_kind
 from tests.fixtures.project import FIRST_ISSUE, cli_invoker
 
@@ -419,3 +421,206 @@ def test_raw_line_separator_in_the_subject_is_reported_and_later_lines_keep_thei
         f"{path}:56:11: error: resources.0.kind: input should be 'book', 'podcast', 'article', "
         "'community', 'service' or 'video'",
     ]
+
+
+# Item 13: settings that loaded but broke mail
+
+
+def set_key(project: Path, section: str, key: str, value: str) -> tuple[Path, int]:
+    """settings.toml with ``key = value`` in ``[section]`` in place of the line there, and its line."""
+    path = project / "settings.toml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = lines.index(f"[{section}]")
+    index = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(f"{key} ="))
+    lines[index] = f"{key} = {value}"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, index + 1
+
+
+def settings_errors(project: Path) -> list[str]:
+    """What `newsletter check` prints when the settings are wrong; the project is left as it was."""
+    before = snapshot(project)
+    result = cli_invoker(project / "settings.toml")("check", expect=1)
+    assert snapshot(project) == before
+    assert "Traceback" not in result.output
+    return result.stderr.splitlines()
+
+
+_BASE_URL_HINT = "every link is this plus a path (/u/…), so write it like https://news.example.org"
+
+
+@pytest.mark.parametrize(
+    ("url", "wrong"),
+    [
+        ("https://news.example.org/?ref=mail#top", "has a query ('?ref=mail') and has a fragment ('#top')"),
+        ("https://news example.org", "has spaces or invisible characters"),
+        ("https://news.example.org:99999", "has a port that is not a number from 1 to 65535"),
+        ("https:///news", "has no host name"),
+    ],
+    ids=["query-and-fragment", "space", "port", "no-host"],
+)
+def test_base_url_that_would_break_every_link_is_an_error_at_its_line(
+    project: Path, url: str, wrong: str
+) -> None:
+    """Issue 12 item 13: a base_url with a query, a fragment or a space loaded and gave broken
+    List-Unsubscribe headers; now it is an error naming the key, its line and what is wrong."""
+    path, line = set_key(project, "newsletter", "base_url", f'"{url}"')
+
+    assert settings_errors(project) == [
+        f"{path}:{line}:1: error: newsletter.base_url: '{url}' {wrong}; {_BASE_URL_HINT}"
+    ]
+
+
+def test_base_url_with_a_password_is_refused_without_showing_it(project: Path) -> None:
+    """Issue 12 item 13: credentials in base_url would go into every message; the error hides them."""
+    path, line = set_key(project, "newsletter", "base_url", '"https://editor:hunter2@news.example.org"')
+
+    assert settings_errors(project) == [
+        f"{path}:{line}:1: error: newsletter.base_url: 'https://…@news.example.org' has a user name or "
+        f"password in it; {_BASE_URL_HINT}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        (
+            '["wöchentlich"]',
+            "categories.0: 'wöchentlich' is not plain ASCII, which SendGrid requires of categories",
+        ),
+        ('["weekly", "weekly"]', "categories: 'weekly' given more than once"),
+        (f'["{"x" * 256}"]', "categories.0: string should have at most 255 characters"),
+        (
+            "[" + ", ".join(f'"c{n}"' for n in range(11)) + "]",
+            "categories: list should have at most 10 items after validation, not 11",
+        ),
+    ],
+    ids=["not-ascii", "repeated", "too-long", "too-many"],
+)
+def test_sendgrid_categories_follow_the_apis_rules(project: Path, categories: str, message: str) -> None:
+    """Issue 12 item 13: categories SendGrid refuses (non-ASCII such as ["wöchentlich"], over 255
+    characters, more than ten, repeated) are errors at the key's line, not a failed send."""
+    path, line = set_key(project, "sendgrid", "categories", categories)
+
+    assert settings_errors(project) == [f"{path}:{line}:1: error: sendgrid.{message}"]
+
+
+FLOAT_KEYS = [
+    (section, key)
+    for section, info in Settings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+    for key, field in info.annotation.model_fields.items()
+    if field.annotation is float
+]
+"""Every number setting that TOML could set to inf or nan."""
+
+
+def test_the_float_settings_are_all_found() -> None:
+    assert ("delivery", "rate_per_second") in FLOAT_KEYS
+    assert len(FLOAT_KEYS) >= 9
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+@pytest.mark.parametrize(("section", "key"), FLOAT_KEYS, ids=[f"{s}.{k}" for s, k in FLOAT_KEYS])
+def test_infinite_or_nan_numbers_are_errors_naming_the_key(
+    project: Path, section: str, key: str, value: str
+) -> None:
+    """Issue 12 item 13: `rate_per_second = inf` passed `gt=0`; no number setting takes inf or nan."""
+    path, line = set_key(project, section, key, value)
+
+    assert settings_errors(project) == [
+        f"{path}:{line}:1: error: {section}.{key}: input should be a finite number"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "limit"),
+    [
+        ("delivery", "stop_seconds", "3600"),
+        ("smtp", "timeout", "3600"),
+        ("sendgrid", "timeout", "3600"),
+        ("schedule", "tick_seconds", "86400"),
+        ("schedule", "lease_seconds", "86400"),
+        ("schedule", "catch_up_hours", "8760"),
+    ],
+)
+def test_waits_too_long_for_the_clock_are_errors(project: Path, section: str, key: str, limit: str) -> None:
+    """Issue 12 item 13: finite but huge waits (1e12) overflow sleeps, socket timeouts and dates."""
+    path, line = set_key(project, section, key, "1e12")
+
+    assert settings_errors(project) == [
+        f"{path}:{line}:1: error: {section}.{key}: input should be less than or equal to {limit}"
+    ]
+
+
+def test_settings_lines_are_found_for_dotted_and_quoted_keys(tmp_path: Path) -> None:
+    """Issue 12 item 13: the line is found for `table.key =` and `"key" =` forms too, and a key that is
+    missing is reported at the first line of its table."""
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        'newsletter.name = "Weekly"\n'
+        'newsletter.postal_address = "1 Main St, Springfield"\n'
+        'sender.from_email = "hello@example.org"\n'
+        'sender.from_name = "Weekly"\n'
+        "sendgrid.'categories' = [\"wöchentlich\"]\n"
+        "\n"
+        "[delivery]\n"
+        '  "rate_per_second" = inf\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    assert str(caught.value).splitlines() == [
+        f"{path}:1:1: error: newsletter.base_url: is required but missing",
+        f"{path}:8:3: error: delivery.rate_per_second: input should be a finite number",
+        f"{path}:5:1: error: sendgrid.categories.0: 'wöchentlich' is not plain ASCII, which SendGrid "
+        "requires of categories",
+    ]
+
+
+# Item 15 (b): a garbled store URL
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgres//x", "is not a database URL"),
+        ("sqllite:///var/newsletter.db", "'sqllite' is not a database the store can use"),
+        ("mysql://db/news", "'mysql' is not a database the store can use"),
+    ],
+)
+def test_garbled_store_url_names_the_key_not_the_secret_key(project: Path, url: str, message: str) -> None:
+    """Issue 12 item 15: a garbled store URL was reported as "NEWSLETTER_SECRET_KEY not set"; now the
+    command says the store URL is wrong, at its line, and nothing is created (no var/, no key file)."""
+    path, line = set_key(project, "store", "url", f'"{url}"')
+    before = snapshot(project)
+
+    result = cli_invoker(path)(
+        "render", str(project / "issues" / FIRST_ISSUE), "--out", str(project / "out"), expect=1
+    )
+
+    assert result.stderr.splitlines() == [
+        f"{path}:{line}:1: error: store.url: {message}; "
+        "write sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
+    ]
+    assert "NEWSLETTER_SECRET_KEY" not in result.output
+    assert snapshot(project) == before
+    assert not (project / "var").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///var/news.db",
+        "sqlite:////srv/news.db",
+        "postgresql+psycopg://u@db/news",
+        "postgres://u:p@db/news",
+    ],
+)
+def test_store_urls_the_store_opens_still_load(project: Path, url: str) -> None:
+    """Issue 12 item 15: only garbled URLs are refused; the SQLite and PostgreSQL forms load."""
+    path, _ = set_key(project, "store", "url", f'"{url}"')
+
+    assert load_settings(path).store.url == url
