@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import unicodedata
 import zoneinfo
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from pipeline.store.tables import EMAIL_LENGTH, TAG_LENGTH
+from pipeline.validation import char_name, invisible_kind, printable
 
 TAG_SEPARATOR = "|"
 NAME_LENGTH = 200
@@ -27,8 +27,8 @@ ATTRIBUTE_LENGTH = 1000
 """The longest value of an attribute (a CSV column of one's own): a short value segments compare."""
 LINE_BREAKS = "\t\n\r"
 """The control characters an attribute may hold (a quoted CSV cell can span lines); never a name."""
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BIDI_ESCAPES = {ord(char): f"\\u{ord(char):04x}" for char in _BIDI_CONTROLS}
 _SHOWN = 80
 _PLAIN_LOCAL = re.compile(r"(?=.{1,64}\Z)[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*\Z")
 _FAST_MAX = 64 + 1 + 128  # well inside every length limit email-validator checks
@@ -44,9 +44,10 @@ class Address:
 
 
 def is_control(char: str) -> bool:
-    """A character that moves a terminal's cursor, colours it, reorders what it shows (bidi overrides)
-    or breaks a line or a header: never welcome in a name; lone surrogates cannot even be stored."""
-    return unicodedata.category(char) in _UNSAFE_CATEGORIES or char in _BIDI_CONTROLS
+    """A character nobody can see that moves a terminal's cursor, colours or retitles it, or breaks a
+    line or a header (``validation.invisible_kind``, the rule of issue files too), or one that
+    reorders what a one-line table shows (a bidi override): never welcome in a name."""
+    return char in _BIDI_CONTROLS or invisible_kind(char) is not None
 
 
 def controls(text: str, allowed: str = "") -> list[str]:
@@ -59,9 +60,7 @@ def controls(text: str, allowed: str = "") -> list[str]:
 def visible(text: str, limit: int | None = _SHOWN) -> str:
     """``text`` safe to print: control characters as escapes (``\\x1b``), cut after ``limit``."""
     shown = text if limit is None or len(text) <= limit else text[:limit] + "…"
-    if not controls(shown):
-        return shown
-    return "".join(ascii(char)[1:-1] if is_control(char) else char for char in shown)
+    return shown if shown.isprintable() else printable(shown).translate(_BIDI_ESCAPES)
 
 
 def needs_check(text: str, limit: int) -> bool:
@@ -73,8 +72,8 @@ def check_text(text: str, limit: int, *, allowed: str = "") -> str:
     """``text`` with no control character (other than ``allowed``) and at most ``limit`` characters."""
     found = controls(text, allowed)
     if found:
-        names = ", ".join(dict.fromkeys(f"U+{ord(char):04X}" for char in found))
-        raise ValueError(f"'{visible(text)}' contains control characters ({names}); remove them")
+        names = ", ".join(char_name(char) for char in dict.fromkeys(found))
+        raise ValueError(f"'{visible(text)}' contains invisible characters {names}; remove them")
     if len(text) > limit:
         raise ValueError(f"'{visible(text)}' is {len(text)} characters long; at most {limit} are allowed")
     return text

@@ -12,7 +12,6 @@ import binascii
 import html
 import re
 import secrets
-import unicodedata
 from datetime import UTC, datetime
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
@@ -21,11 +20,10 @@ from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.addresses import ascii_address
 from pipeline.render.renderer import RenderedIssue, SplitTemplate
 from pipeline.settings import Settings
+from pipeline.validation import invisible_kind
 
 CRLF = b"\r\n"
 _SOFT_BREAK = b"=\r\n"
-_UNSAFE = frozenset({"Cc", "Cs"})
-"""Unicode categories never put in a header: control characters and lone surrogates."""
 
 
 def list_id(settings: Settings) -> str:
@@ -81,7 +79,7 @@ def display_name(name: str | None) -> str:
     text = " ".join((name or "").split())
     if text.isprintable():  # nearly every name: C-speed
         return text
-    return " ".join("".join(ch for ch in text if unicodedata.category(ch) not in _UNSAFE).split())
+    return " ".join("".join(ch for ch in text if invisible_kind(ch) is None).split())
 
 
 def to_header(name: str, email: str) -> str:
