@@ -2,8 +2,9 @@
 
 ``SendProject`` writes a settings file for a copy of the project (tmp SQLite store, small batches, a
 rate that makes a send last a few seconds), a generated subscriber CSV, and then starts, waits for or
-kills ``newsletter`` processes while reading the store directly (``sqlite3``, read-only, WAL lets it
-look while a sender writes) to see how far a campaign has got. Used by ``tests/test_crash.py``.
+kills ``newsletter`` processes while reading the store directly to see how far a campaign has got:
+SQLite read-only (WAL lets it look while a sender writes), or a PostgreSQL database given by URL.
+Used by ``tests/test_crash.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from signal import Signals
 from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
 
 SECRET_KEY = "crash-test-signing-key-0123456789abcdef"
 API_KEY = "SG.crash-test-api-key"
@@ -91,6 +95,8 @@ class SendProject:
 
     root: Path
     settings_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    store_url: str | None = None
+    """None: a SQLite file under var/."""
     _runs: int = 0
 
     def __post_init__(self) -> None:
@@ -98,7 +104,7 @@ class SendProject:
             (self.root / "settings.toml").read_text(encoding="utf-8")
         )
         self.db_path = self.root / "var" / "crash.db"
-        data["store"] = {"url": f"sqlite:///{self.db_path}"}
+        data["store"] = {"url": self.store_url or f"sqlite:///{self.db_path}"}
         for section, values in self.settings_overrides.items():
             data.setdefault(section, {}).update(values)
         self.settings = self.root / "crash-settings.toml"
@@ -159,22 +165,30 @@ class SendProject:
 
     # -- the store, read directly ------------------------------------------------------------------
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        uri = f"file:{self.db_path}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=30.0)) as conn:
-            yield conn
-
     def _query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """``sql`` with ``?`` placeholders; no rows while the first process has not migrated the store."""
+        if self.store_url is not None:
+            return self._query_postgres(sql.replace("?", "%s"), params)
         if not self.db_path.exists():
             return []
         try:
-            with self._db() as conn:
+            uri = f"file:{self.db_path}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=30.0)) as conn:
                 return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):  # the first process has not migrated the store yet
+            if "no such table" in str(exc):
                 return []
             raise
+
+    def _query_postgres(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        assert self.store_url is not None
+        url = make_url(self.store_url).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(conninfo) as conn:
+                return list(conn.execute(sql.encode(), params).fetchall())
+        except psycopg.errors.UndefinedTable:
+            return []
 
     def counts(self, campaign_id: int = 1) -> Counter[str]:
         """Ledger rows of the campaign by status (empty before it exists)."""

@@ -38,16 +38,29 @@ def emulator() -> Iterator[SendGridEmulator]:
         yield emu
 
 
+def store_on(engine: str, request: pytest.FixtureRequest) -> str | None:
+    """The store a crash test sends from: None for SQLite (the project's own file), else PostgreSQL."""
+    return None if engine == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
 def sendgrid_project(
-    project: Path, emulator: SendGridEmulator, *, rate: float, processes: int = 1, **more: object
+    project: Path,
+    emulator: SendGridEmulator,
+    *,
+    rate: float,
+    processes: int = 1,
+    store_url: str | None = None,
+    **more: object,
 ) -> SendProject:
     sendgrid = {"host": emulator.url, "concurrency": CONCURRENCY, "timeout": 20.0, "max_retries": 6}
     sendgrid |= more
     delivery = {"batch_size": BATCH_SIZE, "rate_per_second": rate, "processes": processes}
-    return SendProject(project, {"delivery": delivery, "sendgrid": sendgrid})
+    return SendProject(project, {"delivery": delivery, "sendgrid": sendgrid}, store_url)
 
 
-def smtp_project(project: Path, server: SmtpServer, *, rate: float, processes: int = 1) -> SendProject:
+def smtp_project(
+    project: Path, server: SmtpServer, *, rate: float, processes: int = 1, store_url: str | None = None
+) -> SendProject:
     smtp = {
         "host": server.host,
         "port": server.port,
@@ -56,7 +69,7 @@ def smtp_project(project: Path, server: SmtpServer, *, rate: float, processes: i
         "timeout": 20.0,
     }
     delivery = {"batch_size": BATCH_SIZE, "rate_per_second": rate, "processes": processes}
-    return SendProject(project, {"delivery": delivery, "smtp": smtp})
+    return SendProject(project, {"delivery": delivery, "smtp": smtp}, store_url)
 
 
 @dataclass
@@ -144,14 +157,27 @@ def check_ledger_against(
     assert proj.campaign_status() == "finished"
 
 
-@pytest.mark.parametrize(("processes", "seed"), [(1, 20261201), (2, 20261215)])
+SENDGRID_CRASHES = [
+    pytest.param("sqlite", 1, 20261201, id="sqlite-threads"),
+    pytest.param("sqlite", 2, 20261215, id="sqlite-processes"),
+    pytest.param("postgresql", 2, 20261202, id="postgresql-processes"),
+]
+
+
+@pytest.mark.parametrize(("engine", "processes", "seed"), SENDGRID_CRASHES)
 def test_sendgrid_send_killed_six_times_sends_everyone_at_most_once(
-    project: Path, emulator: SendGridEmulator, processes: int, seed: int
+    project: Path,
+    emulator: SendGridEmulator,
+    request: pytest.FixtureRequest,
+    engine: str,
+    processes: int,
+    seed: int,
 ) -> None:
     """With worker processes, SIGKILL reaches only the main process: a worker may still finish the batch
     it holds, whose rows stay ``sending`` and so are reported in doubt; the next run neither waits for it
     nor resends them."""
-    proj = sendgrid_project(project, emulator, rate=40.0, processes=processes)
+    store_url = store_on(engine, request)
+    proj = sendgrid_project(project, emulator, rate=40.0, processes=processes, store_url=store_url)
     emails = proj.import_subscribers(600)
     # A real API round trip: batches are really out for a while, where a kill can catch them.
     emulator.inject_every(1, Fault(delay=ROUND_TRIP))
@@ -166,14 +192,27 @@ def test_sendgrid_send_killed_six_times_sends_everyone_at_most_once(
     )
 
 
-@pytest.mark.parametrize(("processes", "seed"), [(1, 20261208), (2, 20261216)])
+@pytest.mark.parametrize(
+    ("engine", "processes", "seed"),
+    [
+        pytest.param("sqlite", 1, 20261208, id="sqlite-threads"),
+        pytest.param("sqlite", 2, 20261216, id="sqlite-processes"),
+        pytest.param("postgresql", 1, 20261203, id="postgresql-threads"),
+    ],
+)
 def test_smtp_send_killed_six_times_leaves_one_message_per_connection_in_doubt(
-    project: Path, smtp_server: SmtpServer, processes: int, seed: int
+    project: Path,
+    smtp_server: SmtpServer,
+    request: pytest.FixtureRequest,
+    engine: str,
+    processes: int,
+    seed: int,
 ) -> None:
     """A kill catches whole batches ``sending``, but over SMTP only the message whose DATA was out is
     uncertain: the next run settles the rest of each batch from the handover journal (sent, or back to
     the queue), so at most one row per connection and kill stays in doubt."""
-    proj = smtp_project(project, smtp_server, rate=40.0, processes=processes)
+    store_url = store_on(engine, request)
+    proj = smtp_project(project, smtp_server, rate=40.0, processes=processes, store_url=store_url)
     emails = proj.import_subscribers(600)
     smtp_server.handler.data_seconds = ROUND_TRIP / BATCH_SIZE  # a real server takes its time too
     log = kill_and_resume(proj, "smtp", random.Random(seed), KILLS)
