@@ -345,6 +345,22 @@ def test_a_killed_send_leaves_no_process_behind(project: Path, emulator: SendGri
     assert not left, f"still running 10 s after the kill: {[_cmdline(pid) for pid in left]}"
 
 
+def test_workers_are_up_before_the_first_row_is_claimed(project: Path, emulator: SendGridEmulator) -> None:
+    """A row claimed for a worker that is still starting sits ``sending`` with nobody to send it: a kill
+    then leaves it in doubt though it never went out. So the workers start (and open their transport)
+    first: by the time any row of the campaign is ``sending``, both are running."""
+    proj = sendgrid_project(project, emulator, rate=40.0, processes=2)
+    proj.import_subscribers(100)
+    with proj.spawn(*proj.send_args("sendgrid")) as sender:
+        assert sender.wait_until(lambda: proj.counts()["sending"] + proj.counts()["sent"] > 0, timeout=60.0)
+        at_first_claim = [_cmdline(pid) for pid in sender.descendants()]
+        sender.wait(120.0)
+    forkserver_processes = [cmd for cmd in at_first_claim if "multiprocessing.forkserver" in cmd]
+    assert len(forkserver_processes) >= 3, (
+        f"the forkserver and two workers were to be up at the first claim; there were: {at_first_claim}"
+    )
+
+
 def _running(pid: int) -> bool:
     """The process exists and is not a zombie (orphans are reaped by whoever adopts them, or not)."""
     try:
