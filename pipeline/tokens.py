@@ -1,9 +1,15 @@
 """Signed tokens for links in email (unsubscribe, preferences, confirm) and keyed address hashes.
 
-A token is ``base64url(payload) "." base64url(BLAKE2b-128(key, purpose + payload))``; the payload is
-``subscriber_id`` plus, for expiring tokens, a Unix expiry. 128-bit tags keep URLs short and forgery out
-of reach. The key comes from NEWSLETTER_SECRET_KEY; the embedded SQLite default generates one into
-``var/secret.key`` (mode 0600) the first time, so a fresh clone works without setup.
+A token is ``base64url(payload) "." base64url(BLAKE2b-128(key, purpose + payload + address))``; the
+payload is ``subscriber_id`` plus, for expiring tokens, a Unix expiry. 128-bit tags keep URLs short and
+forgery out of reach. The tag also covers the address the link was made for (not in the token: it is
+never in a URL), so a link opens only while its id still stands for that address: were an id ever
+handed out again, or a list imported into a new store under the same key, old links open nobody.
+
+Tokens signed before addresses were bound (the id alone) still verify through ``verify_legacy``; the
+caller decides whom such a token may still open for. The key comes from NEWSLETTER_SECRET_KEY; the
+embedded SQLite default generates one into ``var/secret.key`` (mode 0600, in a 0700 folder) the first
+time, so a fresh clone works without setup.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from pipeline.settings import Settings, secret
 log = logging.getLogger(__name__)
 KEY_FILE = Path("var/secret.key")
 _TAG_BYTES = 16
+PREVIEW_ID = 0
+"""The subscriber id preview links are signed for (``newsletter render``, [TEST] copies): nobody has it
+(ids start at 1), and the web pages answer such a link "this is a preview" and change nothing."""
 
 
 def _b64(data: bytes) -> str:
@@ -49,7 +58,7 @@ def load_secret_key(settings: Settings) -> bytes:
     path = settings.path(KEY_FILE)
     if path.exists():
         return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -67,34 +76,74 @@ class Signer:
         # recipient make tags the hot path of a send. Keys longer than BLAKE2b takes are hashed first.
         self._mac_key = hashlib.blake2b(key, digest_size=32, person=b"newsletter-tags").digest()
 
-    def _tag(self, purpose: str, payload: bytes) -> bytes:
+    def _tag(self, purpose: str, payload: bytes, address: str | None) -> bytes:
         message = purpose.encode() + b"\0" + payload
+        if address is not None:  # None: the id-only tags of before (one NUL less, so never the same)
+            message += b"\0" + address.encode()
         return hashlib.blake2b(message, key=self._mac_key, digest_size=_TAG_BYTES).digest()
 
-    def sign(self, purpose: str, subscriber_id: int, *, expires_at: int | None = None) -> str:
+    def sign(
+        self, purpose: str, subscriber_id: int, *, expires_at: int | None = None, address: str = ""
+    ) -> str:
+        """A token for ``subscriber_id`` that verifies only with the same ``address`` (as stored).
+
+        Links in mail are signed for the person's address; short-lived tokens (confirmations, form
+        tokens) and previews are signed for none (``""``).
+        """
         payload = str(subscriber_id) if expires_at is None else f"{subscriber_id}.{expires_at}"
         raw = payload.encode("ascii")
-        return f"{_b64(raw)}.{_b64(self._tag(purpose, raw))}"
+        return f"{_b64(raw)}.{_b64(self._tag(purpose, raw, address))}"
 
-    def verify(self, purpose: str, token: str, *, now: float | None = None) -> int:
-        """The subscriber id in ``token``; ``TokenError`` if it is forged, tampered or expired."""
-        try:
-            encoded_payload, encoded_tag = token.split(".")
-            raw, tag = _unb64(encoded_payload), _unb64(encoded_tag)
-            fields = raw.decode("ascii").split(".")
-            subscriber_id = int(fields[0])
-            expires_at = int(fields[1]) if len(fields) == 2 else None
-            if len(fields) > 2:
-                raise ValueError("too many fields")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TokenError("malformed token") from exc
-        if not hmac.compare_digest(tag, self._tag(purpose, raw)):
+    def claimed_id(self, token: str) -> int:
+        """The subscriber id ``token`` names, unchecked: whose address to verify it against."""
+        return _parse(token)[2]
+
+    def verify(self, purpose: str, token: str, *, now: float | None = None, address: str = "") -> int:
+        """The subscriber id in ``token``; ``TokenError`` if it is forged, tampered, expired, or signed for
+        another address than ``address``.
+
+        Expiring tokens signed before addresses were bound (confirmations, form tokens) are accepted
+        until they expire: their life is hours, and they were only ever made for the id alone.
+        """
+        raw, tag, subscriber_id, expires_at = _parse(token)
+        if not hmac.compare_digest(tag, self._tag(purpose, raw, address)) and (
+            expires_at is None or not hmac.compare_digest(tag, self._tag(purpose, raw, None))
+        ):
             raise TokenError("invalid token signature")
-        if expires_at is not None and (now if now is not None else time.time()) > expires_at:
-            raise TokenError("token has expired")
+        _check_expiry(expires_at, now)
+        return subscriber_id
+
+    def verify_legacy(self, purpose: str, token: str, *, now: float | None = None) -> int:
+        """The subscriber id in a token signed for the id alone, before addresses were bound.
+
+        It proves only that we once signed this id: whether it still means the same person is for the
+        caller to judge (``pipeline.audience.linkowner``).
+        """
+        raw, tag, subscriber_id, expires_at = _parse(token)
+        if not hmac.compare_digest(tag, self._tag(purpose, raw, None)):
+            raise TokenError("invalid token signature")
+        _check_expiry(expires_at, now)
         return subscriber_id
 
     def address_hash(self, email: str) -> str:
         """A keyed hash of a normalised address: lets erased people stay suppressed without their address."""
         digest = hmac.new(self._key, b"address\0" + email.strip().lower().encode("utf-8"), hashlib.sha256)
         return digest.hexdigest()
+
+
+def _parse(token: str) -> tuple[bytes, bytes, int, int | None]:
+    """``(payload, tag, subscriber_id, expires_at)`` of a well-formed token; ``TokenError`` otherwise."""
+    try:
+        encoded_payload, encoded_tag = token.split(".")
+        raw, tag = _unb64(encoded_payload), _unb64(encoded_tag)
+        fields = raw.decode("ascii").split(".")
+        if len(fields) > 2:
+            raise ValueError("too many fields")
+        return raw, tag, int(fields[0]), int(fields[1]) if len(fields) == 2 else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError("malformed token") from exc
+
+
+def _check_expiry(expires_at: int | None, now: float | None) -> None:
+    if expires_at is not None and (now if now is not None else time.time()) > expires_at:
+        raise TokenError("token has expired")

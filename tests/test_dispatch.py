@@ -437,5 +437,7 @@ def test_worker_processes_reach_everyone_once_through_sendgrid_faults_included(
         subscriber_ids = {email: subscriber_id for email, subscriber_id in rows}
     links = Links(settings, store.signer)  # the workers signed with the same key
     for personalization in sent:
-        subscriber_id = subscriber_ids[personalization["to"][0]["email"]]
-        assert personalization["substitutions"]["%unsubscribe_url%"] == links.unsubscribe(subscriber_id)
+        email = personalization["to"][0]["email"]
+        assert personalization["substitutions"]["%unsubscribe_url%"] == links.unsubscribe(
+            subscriber_ids[email], email
+        )

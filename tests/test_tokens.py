@@ -68,6 +68,48 @@ def test_purposes_do_not_cross(signer: Signer) -> None:
         signer.verify("confirm", unsubscribe)
 
 
+# Bound to an address (issue 12 item 1)
+
+
+def test_a_token_signed_for_an_address_verifies_only_with_that_address(signer: Signer) -> None:
+    """Issue 12 item 1: the tag covers the address, so the same id with another address is refused."""
+    token = signer.sign("unsubscribe", 7, address="ana@example.com")
+
+    assert signer.verify("unsubscribe", token, address="ana@example.com") == 7
+    assert signer.claimed_id(token) == 7
+    for other in ("ben@example.com", "Ana@example.com", ""):
+        with pytest.raises(TokenError, match="signature"):
+            signer.verify("unsubscribe", token, address=other)
+    assert "ana" not in base64.urlsafe_b64decode(token.split(".")[0] + "==").decode()
+    assert len(token) == len(signer.sign("unsubscribe", 7)), "binding costs no length"
+
+
+def legacy(signer: Signer, purpose: str, payload: bytes) -> str:
+    """A token as signed before addresses were bound: the id (and expiry) alone."""
+    return f"{b64(payload)}.{b64(signer._tag(purpose, payload, None))}"
+
+
+def test_id_only_tokens_of_before_verify_only_where_the_caller_asks(signer: Signer) -> None:
+    """Issue 12 item 1: an old never-expiring link proves only an id: ``verify`` refuses it, and
+    ``verify_legacy`` (whose caller checks the id still means the same person) accepts it."""
+    old = legacy(signer, "unsubscribe", b"7")
+
+    with pytest.raises(TokenError, match="signature"):
+        signer.verify("unsubscribe", old)
+    assert signer.verify_legacy("unsubscribe", old) == 7
+    with pytest.raises(TokenError, match="signature"):
+        signer.verify_legacy("unsubscribe", signer.sign("unsubscribe", 7))
+
+
+def test_expiring_tokens_of_before_live_out_their_hours(signer: Signer) -> None:
+    """Confirmation and form tokens already out keep working until they expire, never longer."""
+    old = legacy(signer, "confirm", f"7.{NOW}".encode())
+
+    assert signer.verify("confirm", old, now=NOW - 60) == 7
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify("confirm", old, now=NOW + 1)
+
+
 # Tampered, truncated, forged
 
 
@@ -114,7 +156,7 @@ def test_token_signed_with_another_key_is_forged(signer: Signer) -> None:
 
 def test_payload_with_too_many_fields_is_rejected(signer: Signer) -> None:
     raw = b"7.1.2"
-    tag = signer._tag("unsubscribe", raw)
+    tag = signer._tag("unsubscribe", raw, "")
 
     with pytest.raises(TokenError, match="malformed"):
         signer.verify("unsubscribe", f"{b64(raw)}.{b64(tag)}")

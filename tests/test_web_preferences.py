@@ -6,7 +6,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
+from pipeline.audience.subscribers import find_subscriber, get_subscriber, set_status, subscriber_log
 from pipeline.render.links import Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
@@ -25,7 +25,10 @@ def app(settings: Settings, store: Store, clock: Clock) -> Starlette:
 
 
 def preferences_path(settings: Settings, store: Store, subscriber_id: int) -> str:
-    return path_of(Links(settings, store.signer).preferences(subscriber_id))
+    """The path of the link a message to this subscriber carries (signed for their id and address)."""
+    return path_of(
+        Links(settings, store.signer).preferences(subscriber_id, get_subscriber(store, subscriber_id).email)
+    )
 
 
 def test_the_page_offers_the_topics_segments_use_and_shows_what_is_chosen(
@@ -179,7 +182,7 @@ def test_an_unknown_action_changes_nothing(client: TestClient, settings: Setting
 
 def test_a_bad_preferences_token_is_400(client: TestClient, settings: Settings, store: Store) -> None:
     ana = person(store)
-    unsubscribe_token = path_of(Links(settings, store.signer).unsubscribe(ana.id)).split("/")[-1]
+    unsubscribe_token = path_of(Links(settings, store.signer).unsubscribe(ana.id, ana.email)).split("/")[-1]
 
     assert client.get(f"/preferences/{unsubscribe_token}").status_code == 400
     assert client.post(f"/preferences/{unsubscribe_token}", data={"action": "save"}).status_code == 400

@@ -35,7 +35,10 @@ def store(project: Path) -> Iterator[Store]:
 def links(settings: Settings, store: Store) -> dict[str, str]:
     ana = person(store)
     made = Links(settings, store.signer)
-    return {"u": path_of(made.unsubscribe(ana.id)), "preferences": path_of(made.preferences(ana.id))}
+    return {
+        "u": path_of(made.unsubscribe(ana.id, ana.email)),
+        "preferences": path_of(made.preferences(ana.id, ana.email)),
+    }
 
 
 REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [

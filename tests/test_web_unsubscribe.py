@@ -7,7 +7,7 @@ import base64
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.audience.subscribers import erase, find_subscriber, set_status, subscriber_log
+from pipeline.audience.subscribers import erase, find_subscriber, get_subscriber, set_status, subscriber_log
 from pipeline.render.links import PREFERENCES, UNSUBSCRIBE, Links
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
@@ -19,7 +19,10 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
 def unsubscribe_path(settings: Settings, store: Store, subscriber_id: int) -> str:
-    return path_of(Links(settings, store.signer).unsubscribe(subscriber_id))
+    """The path of the link a message to this subscriber carries (signed for their id and address)."""
+    return path_of(
+        Links(settings, store.signer).unsubscribe(subscriber_id, get_subscriber(store, subscriber_id).email)
+    )
 
 
 def test_the_page_asks_shows_the_address_masked_and_changes_nothing(
@@ -37,7 +40,7 @@ def test_the_page_asks_shows_the_address_masked_and_changes_nothing(
     assert f'<form method="post" action="{path}">' in page.text
     assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in page.text
     preferences = page.text.split('href="/preferences/')[1].split('"')[0]
-    assert store.signer.verify(PREFERENCES, preferences) == ana.id
+    assert store.signer.verify(PREFERENCES, preferences, address=ana.email) == ana.id
     assert snapshot(store) == before
 
 
@@ -156,9 +159,11 @@ def test_a_complaint_stays_final(client: TestClient, settings: Settings, store: 
     assert len(subscriber_log(store, ana.id)) == events
 
 
-def test_the_link_of_an_erased_person_says_so_and_changes_nothing(
+def test_the_link_of_an_erased_person_opens_nothing_and_changes_nothing(
     client: TestClient, settings: Settings, store: Store
 ) -> None:
+    """Without the person's address the link cannot be checked: it gets the answer of any link we did
+    not sign, so a stranger trying ids cannot tell erased ids from live ones."""
     ana = person(store)
     path = unsubscribe_path(settings, store, ana.id)
     erase(store, "ana@example.com")
@@ -166,6 +171,7 @@ def test_the_link_of_an_erased_person_says_so_and_changes_nothing(
 
     page, post = client.get(path), client.post(path, data=ONE_CLICK)
 
-    assert page.status_code == post.status_code == 200
-    assert heading(post.text) == "You are not on our list"
+    assert page.status_code == post.status_code == 400
+    assert heading(post.text) == "This link does not work"
+    assert "may no longer be on our list" in post.text
     assert snapshot(store) == before

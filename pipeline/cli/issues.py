@@ -17,7 +17,7 @@ from pipeline.render.links import Links
 from pipeline.render.lint import SAMPLE_RECIPIENT, check_paths
 from pipeline.render.renderer import render as render_issue
 from pipeline.render.single import preview
-from pipeline.tokens import Signer, load_secret_key
+from pipeline.tokens import PREVIEW_ID, Signer, load_secret_key
 
 
 @click.command()
@@ -60,13 +60,14 @@ def check(ctx: CliContext, paths: tuple[Path, ...], strict: bool) -> None:
 def render(ctx: CliContext, issue: Path, out_dir: Path, email: str, name: str) -> None:
     """Render ISSUE as a subscriber gets it: HTML, plain text and a complete .eml.
 
-    The copy is personalised for a sample recipient (--to, --name). Open the .html in a browser,
-    or the .eml in a mail client, to review the issue before it is sent.
+    The copy is personalised for a sample recipient (--to, --name), with preview links that change
+    nothing for anybody. Open the .html in a browser, or the .eml in a mail client, to review the
+    issue before it is sent.
     """
     settings = ctx.settings
     issue_file = load_issue(issue)
     rendered = render_issue(issue_file, settings)
-    recipient = Recipient(SAMPLE_RECIPIENT.subscriber_id, email, name or None)
+    recipient = Recipient(PREVIEW_ID, email, name or None)
     copy = preview(settings, rendered, recipient, Links(settings, Signer(load_secret_key(settings))))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.audience.optin import CONFIRM, MAY_CONFIRM
 from pipeline.audience.subscribers import find_subscriber
 from pipeline.dispatch.plan import checked_issue
-from pipeline.recipient import Recipient
+from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate
 from pipeline.render.renderer import RenderedIssue, Renderer
@@ -26,13 +26,14 @@ def send_single(
     transport: Transport,
     rendered: RenderedIssue,
     recipient: Recipient,
-    links: Links,
+    fields: PersonalFields,
     *,
     subject_prefix: str = "",
 ) -> Outcome:
-    """Hand one personalised copy to the transport; its outcome (the caller closes the transport)."""
+    """Hand one copy, personalised with ``fields``, to the transport; its outcome (the caller closes
+    the transport)."""
     message = MessageTemplate(settings, rendered, subject_prefix=subject_prefix)
-    envelope = Envelope(0, recipient, links.personal_fields(recipient))
+    envelope = Envelope(0, recipient, fields)
     (outcome,) = transport.send(Batch(None, rendered, message, [envelope]))
     return outcome
 
@@ -42,7 +43,8 @@ def send_test(
 ) -> Outcome:
     """One personalised copy to ``email``, subject prefixed [TEST]; no campaign, no ledger row.
 
-    Its unsubscribe link works for the subscriber with that address, if there is one.
+    Its links are preview links: a forwarded test copy changes nothing for anybody, the subscriber
+    with that address included.
     """
     _, rendered = checked_issue(path, settings, links)
     subscriber = find_subscriber(store, email)
@@ -50,7 +52,8 @@ def send_test(
         Recipient(subscriber.id, subscriber.email, subscriber.name) if subscriber else Recipient(0, email)
     )
     try:
-        return send_single(settings, transport, rendered, recipient, links, subject_prefix=TEST_PREFIX)
+        fields = links.preview_fields(recipient)
+        return send_single(settings, transport, rendered, recipient, fields, subject_prefix=TEST_PREFIX)
     finally:
         transport.close()
 
@@ -71,4 +74,5 @@ def send_confirmation(
     token = store.signer.sign(CONFIRM, subscriber_id, expires_at=expires_at)
     rendered = confirmation(renderer, f"{settings.newsletter.base_url}/confirm/{token}")
     recipient = Recipient(subscriber.id, subscriber.email, subscriber.name)
-    return send_single(settings, transport, rendered, recipient, Links(settings, store.signer))
+    fields = Links(settings, store.signer).personal_fields(recipient)
+    return send_single(settings, transport, rendered, recipient, fields)

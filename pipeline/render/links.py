@@ -1,10 +1,15 @@
-"""The URLs a message carries: signed unsubscribe and preferences links, the archive page."""
+"""The URLs a message carries: signed unsubscribe and preferences links, the archive page.
+
+Each link is signed for the recipient's id *and* address (``pipeline.tokens``), so it opens only that
+person's page. Previews and [TEST] copies get preview links instead: they get forwarded, and a
+forwarded copy must not unsubscribe anybody.
+"""
 
 from __future__ import annotations
 
 from pipeline.recipient import PersonalFields, Recipient
 from pipeline.settings import Settings
-from pipeline.tokens import Signer
+from pipeline.tokens import PREVIEW_ID, Signer
 
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
@@ -21,17 +26,27 @@ class Links:
         self.fallback_name = settings.newsletter.first_name_fallback
         self.signer = signer
 
-    def unsubscribe(self, subscriber_id: int) -> str:
-        return f"{self.base_url}/u/{self.signer.sign(UNSUBSCRIBE, subscriber_id)}"
+    def unsubscribe(self, subscriber_id: int, email: str) -> str:
+        return f"{self.base_url}/u/{self.signer.sign(UNSUBSCRIBE, subscriber_id, address=email)}"
 
-    def preferences(self, subscriber_id: int) -> str:
-        return f"{self.base_url}/preferences/{self.signer.sign(PREFERENCES, subscriber_id)}"
+    def preferences(self, subscriber_id: int, email: str) -> str:
+        return f"{self.base_url}/preferences/{self.signer.sign(PREFERENCES, subscriber_id, address=email)}"
 
     def personal_fields(self, recipient: Recipient) -> PersonalFields:
         """Everything that differs between two recipients' copies of an issue."""
+        subscriber_id, email = recipient.subscriber_id, recipient.email
+        return PersonalFields(
+            first_name=recipient.first_name(self.fallback_name),
+            email=email,
+            unsubscribe_url=self.unsubscribe(subscriber_id, email),
+            preferences_url=self.preferences(subscriber_id, email),
+        )
+
+    def preview_fields(self, recipient: Recipient) -> PersonalFields:
+        """``recipient``'s values with preview links: the web pages say so, and change nothing for anybody."""
         return PersonalFields(
             first_name=recipient.first_name(self.fallback_name),
             email=recipient.email,
-            unsubscribe_url=self.unsubscribe(recipient.subscriber_id),
-            preferences_url=self.preferences(recipient.subscriber_id),
+            unsubscribe_url=self.unsubscribe(PREVIEW_ID, ""),
+            preferences_url=self.preferences(PREVIEW_ID, ""),
         )

@@ -1,5 +1,6 @@
 """Mails of one copy, outside any campaign: the preview `newsletter render` writes, and the signup
-confirmation. They go through the same renderer and message builder as every issue."""
+confirmation. They go through the same renderer and message builder as every issue; a preview's links
+are preview links (``Links.preview_fields``), which act for nobody."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class Preview:
 
 
 def preview(settings: Settings, rendered: RenderedIssue, recipient: Recipient, links: Links) -> Preview:
-    """The issue exactly as ``recipient`` would get it."""
-    fields = links.personal_fields(recipient)
+    """The issue as ``recipient`` would get it, but with preview links: a forwarded preview changes nothing."""
+    fields = links.preview_fields(recipient)
     copy = personalise(rendered, fields)
     template = MessageTemplate(settings, rendered)
     return Preview(copy.html, copy.text, template.build(recipient, fields, message_id=template.message_id()))

@@ -3,14 +3,19 @@
 ``open_store(settings)`` is all most code needs: it opens the configured database, runs any pending
 Alembic migration (so a fresh clone works without setup) and hands back a ``Store`` that knows the key
 for address hashes. SQLite gets WAL, foreign keys and a busy timeout on every connection, and write
-transactions start with ``BEGIN IMMEDIATE`` so two writers queue instead of failing halfway.
+transactions start with ``BEGIN IMMEDIATE`` so two writers queue instead of failing halfway. The SQLite
+file holds every subscriber's address, so it is private: its folder is made 0700, the database (and its
+``-wal``/``-shm``) 0600.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, TypeVarTuple
@@ -26,6 +31,7 @@ from pipeline.errors import StoreError
 from pipeline.settings import Settings
 from pipeline.tokens import Signer, load_secret_key
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _IMMEDIATE = "pipeline_immediate"
@@ -79,13 +85,41 @@ def create_store_engine(url: str) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_database(Path(parsed.database))
         engine = create_engine(parsed)
         _sqlite_setup(engine)
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise StoreError(f"store url '{_safe(url)}': only sqlite:/// and postgresql+psycopg:// are supported")
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def _private_database(path: Path) -> None:
+    """Make the folder (0700) and the database file (0600) before SQLite does, so no other user on the
+    machine can read the list; SQLite gives ``-wal`` and ``-shm`` the database's mode. Files of ours
+    that are more open are tightened; a folder that is, only reported (it may not be ours alone)."""
+    folder = path.parent
+    if folder.is_dir():
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if mode & 0o077:
+            log.warning("%s is open to other users (mode %04o): run `chmod 700 %s`", folder, mode, folder)
+    else:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            file.chmod(0o600)
+        except PermissionError:
+            log.warning("%s is open to other users (mode %04o): run `chmod 600 %s`", file, mode, file)
+        else:
+            log.warning("%s was open to other users (mode %04o): it is 0600 now", file, mode)
 
 
 def _safe(url: str) -> str:
@@ -165,7 +199,7 @@ class Store:
     def upgrade(self) -> str:
         """Run every pending migration in one transaction and return the revision now current."""
         head = head_revision()
-        with self.write() as conn:
+        with self._migrating() as conn:
             current = _revision(conn)
             if current is not None and current not in _known_revisions():
                 raise StoreError(
@@ -178,6 +212,27 @@ class Store:
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         return head
+
+    @contextmanager
+    def _migrating(self) -> Iterator[Connection]:
+        """``write()`` for migrations. On SQLite foreign keys are off meanwhile, as SQLite's own recipe
+        for schema changes says (rebuilding a table drops it, and the drop would cascade to the rows
+        pointing at it), and checked before the transaction commits."""
+        sqlite = self.dialect == "sqlite"
+        with self._errors(), self.engine.connect() as conn:
+            raw = conn.connection.driver_connection  # outside any transaction: the pragma works only there
+            assert raw is not None
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                conn.execution_options(**{_IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise StoreError(f"{self.url}: a migration left rows that point at nothing")
+            finally:
+                if sqlite:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         """Close every pooled connection (tests rely on this to leave no ResourceWarning)."""

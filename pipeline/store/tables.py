@@ -3,7 +3,8 @@
 A test compares this module with the migrated schema on SQLite and PostgreSQL, so a table changed here
 without a migration in ``pipeline/store/migrations/versions/`` fails the suite.
 
-    subscribers         one row per person (``email_key`` is the case-folded address, unique)
+    subscribers         one row per person (``email_key`` is the case-folded address, unique); an id is
+                        never handed out twice, on any engine, so a link made for one person stays theirs
     subscriber_tags     (subscriber_id, tag); the (tag, subscriber_id) index keeps segments fast
     suppressions        keyed hashes of addresses that must never be mailed or re-imported
     subscriber_events   append-only consent log; never holds an address
@@ -104,6 +105,8 @@ subscribers = Table(
     Index(None, "address_hash"),
     Index(None, "status", "id"),
     Index(None, "created_at"),
+    # SQLite would otherwise hand an erased person's id to the next one added (PostgreSQL never does).
+    sqlite_autoincrement=True,
 )
 
 subscriber_tags = Table(

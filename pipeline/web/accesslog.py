@@ -28,8 +28,10 @@ class HideTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) > _PATH_ARG and isinstance(args[_PATH_ARG], str):
-            record.args = (*args[:_PATH_ARG], self.hidden(args[_PATH_ARG]), *args[_PATH_ARG + 1 :])
+        if isinstance(args, tuple) and len(args) > _PATH_ARG:
+            target = args[_PATH_ARG]
+            if isinstance(target, str):
+                record.args = (*args[:_PATH_ARG], self.hidden(target), *args[_PATH_ARG + 1 :])
         return True
 
     def hidden(self, target: str) -> str:

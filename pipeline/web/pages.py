@@ -15,6 +15,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from pipeline.audience.linkowner import Opens
 from pipeline.render.renderer import DARK, LIGHT
 from pipeline.settings import Settings
 
@@ -61,12 +62,33 @@ class Pages:
         return response
 
     def invalid_link(self) -> HTMLResponse:
-        """The plain 400 for a token we did not sign: forged, cut short or changed on the way."""
+        """The plain 400 for a token we did not sign: forged, cut short or changed on the way, or made
+        for an address that is no longer the one its subscriber id stands for."""
         return self.message(
             "This link does not work",
             "It may have been cut short or changed on the way. Please use the link from the email itself.",
+            "If it is from an old email, the address it was sent to may no longer be on our list.",
             status=400,
         )
+
+    def link_refused(self, opens: Opens) -> HTMLResponse:
+        """The answer to an unsubscribe or preferences link that opens nobody's page: nothing changes."""
+        if opens is Opens.PREVIEW:
+            return self.message(
+                "This is a preview link: nothing was changed",
+                "Links in a preview or a [TEST] copy act for nobody, so a forwarded preview cannot "
+                "unsubscribe anyone. Every subscriber's own copy has links of their own.",
+            )
+        if opens is Opens.GONE:
+            return self.not_subscribed()
+        if opens is Opens.OUTDATED:
+            return self.message(
+                "This link is out of date",
+                "Nothing was changed. It comes from an older email, and we cannot be sure it still "
+                "belongs to you. Please use the link in our latest email.",
+                status=400,
+            )
+        return self.invalid_link()
 
     def not_subscribed(self) -> HTMLResponse:
         """For a valid token whose subscriber was erased since."""

@@ -3,6 +3,7 @@
 The signed token decides whose page it is; every form also carries a CSRF token bound to that same
 subscriber (``FormGuard``), and a post without a valid one is a 403 that changes nothing. After a
 change the browser is sent back to the page (303, our own path only) so a reload never posts twice.
+A preview link's page says it is one and changes nothing (``pipeline.audience.linkowner``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from pipeline.audience.linkowner import link_owner
 from pipeline.audience.profile import clean_name, update_profile
 from pipeline.audience.subscribers import Subscriber, find_subscriber, set_status, unsubscribe
 from pipeline.errors import AudienceError
@@ -67,13 +69,10 @@ def _page(
 async def show(request: Request) -> Response:
     ctx = web(request)
     token = request.path_params["token"]
-    subscriber_id = ctx.verify(PREFERENCES, token)
-    if subscriber_id is None:
-        return ctx.pages.invalid_link()
-    subscriber = await run_in_threadpool(find_subscriber, ctx.store, subscriber_id)
-    if subscriber is None:
-        return ctx.pages.not_subscribed()
-    return _page(ctx, token, subscriber, notice=NOTICES.get(request.query_params.get("done", ""), ""))
+    owner = await run_in_threadpool(link_owner, ctx.store, PREFERENCES, token)
+    if owner.subscriber is None:
+        return ctx.pages.link_refused(owner.opens)
+    return _page(ctx, token, owner.subscriber, notice=NOTICES.get(request.query_params.get("done", ""), ""))
 
 
 def _apply(ctx: WebContext, subscriber_id: int, form: FormData) -> str:
@@ -104,25 +103,23 @@ def _apply(ctx: WebContext, subscriber_id: int, form: FormData) -> str:
 async def change(request: Request) -> Response:
     ctx = web(request)
     token = request.path_params["token"]
-    subscriber_id = ctx.verify(PREFERENCES, token)
-    if subscriber_id is None:
-        return ctx.pages.invalid_link()
+    owner = await run_in_threadpool(link_owner, ctx.store, PREFERENCES, token)
+    if owner.subscriber is None:
+        return ctx.pages.link_refused(owner.opens)
+    subscriber = owner.subscriber
     try:
         form = await read_form(request, max_fields=100)
     except BodyTooLarge:
         return ctx.pages.message("Too much data", status=413)
-    if not ctx.guard.check(subscriber_id, form.get("csrf")):
+    if not ctx.guard.check(subscriber.id, form.get("csrf")):
         return ctx.pages.message(
             "This form has expired",
             "Nothing was changed. Please open your preferences page again and resubmit.",
             status=403,
             links=(("Open your preferences", f"{ctx.pages.root}/preferences/{token}"),),
         )
-    subscriber = await run_in_threadpool(find_subscriber, ctx.store, subscriber_id)
-    if subscriber is None:
-        return ctx.pages.not_subscribed()
     try:
-        done = await run_in_threadpool(_apply, ctx, subscriber_id, form)
+        done = await run_in_threadpool(_apply, ctx, subscriber.id, form)
     except AudienceError:
         return _page(ctx, token, subscriber, error="That change is not possible.", status=409)
     return RedirectResponse(f"{ctx.pages.root}/preferences/{token}?done={done}", status_code=303)

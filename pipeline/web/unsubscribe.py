@@ -4,6 +4,7 @@ GET only asks (link scanners follow links; a GET must change nothing). POST with
 ``List-Unsubscribe=One-Click`` unsubscribes at once: mail providers send it without cookies or CSRF
 tokens, so the signed token in the URL is the whole authority, and the page's button posts the same
 form. Both are idempotent, and a token that does not verify gets a plain 400 and changes nothing.
+A link opens only its own person's page (``pipeline.audience.linkowner``); a preview link says so.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.audience.linkowner import link_owner
 from pipeline.audience.subscribers import Subscriber, find_subscriber, unsubscribe
 from pipeline.errors import AudienceError
 from pipeline.render.links import PREFERENCES, UNSUBSCRIBE
@@ -33,7 +35,7 @@ def _page(ctx: WebContext, token: str, subscriber: Subscriber, *, just_left: boo
         else "ask"
     )
     title = {"ask": "Unsubscribe?", "done": "You are unsubscribed", "complained": "You are unsubscribed"}
-    preferences = ctx.store.signer.sign(PREFERENCES, subscriber.id)
+    preferences = ctx.store.signer.sign(PREFERENCES, subscriber.id, address=subscriber.email)
     return ctx.pages.render(
         "unsubscribe.html.j2",
         title=title[state],
@@ -47,21 +49,19 @@ def _page(ctx: WebContext, token: str, subscriber: Subscriber, *, just_left: boo
 async def ask(request: Request) -> Response:
     ctx = web(request)
     token = request.path_params["token"]
-    subscriber_id = ctx.verify(UNSUBSCRIBE, token)
-    if subscriber_id is None:
-        return ctx.pages.invalid_link()
-    subscriber = await run_in_threadpool(find_subscriber, ctx.store, subscriber_id)
-    if subscriber is None:
-        return ctx.pages.not_subscribed()
-    return _page(ctx, token, subscriber)
+    owner = await run_in_threadpool(link_owner, ctx.store, UNSUBSCRIBE, token)
+    if owner.subscriber is None:
+        return ctx.pages.link_refused(owner.opens)
+    return _page(ctx, token, owner.subscriber)
 
 
 async def one_click(request: Request) -> Response:
     ctx = web(request)
     token = request.path_params["token"]
-    subscriber_id = ctx.verify(UNSUBSCRIBE, token)
-    if subscriber_id is None:
-        return ctx.pages.invalid_link()
+    owner = await run_in_threadpool(link_owner, ctx.store, UNSUBSCRIBE, token)
+    if owner.subscriber is None:
+        return ctx.pages.link_refused(owner.opens)
+    subscriber_id = owner.subscriber.id
     try:
         form = await read_form(request, max_fields=20)
     except BodyTooLarge:
