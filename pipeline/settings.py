@@ -112,6 +112,37 @@ def _store_url(value: str) -> str:
     return value
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+
+
+def origin_of(url: str) -> str | None:
+    """The origin of an http(s) ``url`` as a browser writes it in ``Origin`` (``https://host[:port]``,
+    lower case, no default port); None when it has none (another scheme, no or odd host or port)."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    netloc = parts.netloc.lower()
+    host = netloc.rsplit(":", 1)[0] if port is not None else netloc
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not _HOST.fullmatch(host) or port == 0:
+        return None
+    default = port in (None, _DEFAULT_PORTS[parts.scheme.lower()])
+    return f"{parts.scheme.lower()}://{host}" + ("" if default else f":{port}")
+
+
+def _origin(value: str) -> str:
+    origin = origin_of(value)
+    parts = urlsplit(value)
+    if origin is None or value.lower() != f"{parts.scheme}://{parts.netloc}".lower():
+        raise ValueError(
+            f"'{value}' is not an origin: write scheme://host[:port] with no path, slash or wildcard, "
+            "like https://www.example.org (an international host name as xn--…)"
+        )
+    return origin
+
+
 def _category(value: str) -> str:
     if not (value.isascii() and value.isprintable()):
         raise ValueError(f"'{value}' is not plain ASCII, which SendGrid requires of categories")
@@ -128,6 +159,7 @@ Email = Annotated[str, AfterValidator(_email)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Category = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_category)]
+Origin = Annotated[str, AfterValidator(_origin)]
 
 
 class Section(BaseModel):
@@ -280,6 +312,11 @@ class WebSettings(Section):
     )
     signups_per_ip_per_hour: int = Field(
         10, ge=1, description="Signup form posts allowed per client address."
+    )
+    allowed_origins: Annotated[list[Origin], AfterValidator(_distinct)] = Field(
+        [],
+        description="Other sites whose pages may post the signup form or JSON to /subscribe "
+        "(base_url's own origin always may); each as scheme://host[:port].",
     )
     bounce_rate_limit: float = Field(
         0.02, gt=0, le=1, description="A running campaign pauses itself when its bounce rate passes this."
