@@ -1,8 +1,8 @@
 """The subscriber's whole journey in real headless Chromium, against ``newsletter serve``'s app under uvicorn.
 
-Sign up on the form, confirm from the mailed link, receive an issue, change preferences, and leave by
-the unsubscribe link's button; every step is checked in the store, and no page may log an error (a
-CSP violation or a missing stylesheet shows up in the console).
+Sign up on the form, confirm with the button the mailed link opens, receive an issue, change
+preferences, and leave by the unsubscribe link's button; every step is checked in the store, and no
+page may log an error (a CSP violation or a missing stylesheet shows up in the console).
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ def test_sign_up_confirm_receive_an_issue_and_unsubscribe_in_chromium(live: Live
     confirmation = wait_for_mail(live.outbox / "test-confirm")
     assert confirmation["To"] == f"Robin <{ADDRESS}>"
     page.goto(link_in(confirmation, "confirm", live.base_url))
+    expect(heading).to_have_text("Confirm your subscription")
+    assert find_subscriber(live.store, ADDRESS).status == "unconfirmed"  # type: ignore[union-attr]
+    page.get_by_role("button", name="Yes, subscribe me").click()
     expect(heading).to_have_text("You are subscribed")
     assert find_subscriber(live.store, ADDRESS).status == "active"  # type: ignore[union-attr]
 

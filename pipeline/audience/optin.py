@@ -1,8 +1,10 @@
 """Double opt-in: a signup makes an ``unconfirmed`` subscriber and mails a link that makes them ``active``.
 
 Nothing here tells the caller whether an address was known: the signup form answers the same way for
-a new, a pending, an active and a suppressed address. At most one confirmation goes to a subscriber
-per hour (the ``confirmations`` table; the claim is one transaction, so two racing posts send one).
+a new, a pending, an active and a suppressed address, checking only the address's syntax
+(``signup_address``) before it answers and leaving ``request_signup`` to a job after the answer. At
+most one confirmation goes to a subscriber per hour (the ``confirmations`` table; the claim is one
+transaction, so two racing posts send one); a confirmation that could not be sent gives it back.
 Someone who unsubscribed or bounced may come back this way (their own click on the link); a
 complaint is final. An unauthenticated form never changes a known subscriber's name or topics.
 """
@@ -14,8 +16,14 @@ import datetime as dt
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.audience.fields import parse_email
-from pipeline.audience.subscribers import add_subscriber, find_subscriber, is_suppressed, set_status
+from pipeline.audience.fields import Address, parse_email
+from pipeline.audience.subscribers import (
+    Subscriber,
+    add_subscriber,
+    find_subscriber,
+    is_suppressed,
+    set_status,
+)
 from pipeline.errors import AudienceError, StoreError
 from pipeline.store.engine import Store
 from pipeline.store.statuses import SubscriberStatus
@@ -30,17 +38,19 @@ MAY_CONFIRM = (SubscriberStatus.UNCONFIRMED, SubscriberStatus.UNSUBSCRIBED, Subs
 """Whom a confirmation may go to: the pending, and people who left and ask to come back."""
 
 
-def request_signup(
-    store: Store, email: str, *, name: str | None, topics: list[str], now: dt.datetime
-) -> int | None:
-    """Record a signup; returns the subscriber to send a confirmation to now, or None (nothing to send).
-
-    ``AudienceError`` only for an address that is not an address; never for a known one.
-    """
+def signup_address(email: str) -> Address:
+    """The address a signup gives, checked for syntax only (it says nothing about who is on the list);
+    ``AudienceError`` if it is not an address."""
     try:
-        address = parse_email(email)
+        return parse_email(email)
     except ValueError as exc:
         raise AudienceError(str(exc)) from None
+
+
+def request_signup(
+    store: Store, address: Address, *, name: str | None, topics: list[str], now: dt.datetime
+) -> int | None:
+    """Record a signup; returns the subscriber to send a confirmation to now, or None (nothing to send)."""
     with store.read() as conn:
         if is_suppressed(conn, store.address_hash(address.key)):
             return None
@@ -88,15 +98,22 @@ def release_confirmation(store: Store, subscriber_id: int) -> None:
         conn.execute(delete(confirmations).where(confirmations.c.subscriber_id == subscriber_id))
 
 
-def confirm(store: Store, subscriber_id: int) -> str:
-    """The link was followed: ``confirmed``, ``already`` (active), ``refused`` (complained) or ``unknown``."""
-    subscriber = find_subscriber(store, subscriber_id)
+def standing(subscriber: Subscriber | None) -> str:
+    """What following a confirmation link would do: ``pending`` (confirming makes them active),
+    ``already`` (active), ``refused`` (complained) or ``unknown`` (erased)."""
     if subscriber is None:
         return "unknown"
     if subscriber.status == SubscriberStatus.ACTIVE:
         return "already"
-    if subscriber.status not in MAY_CONFIRM:
-        return "refused"
+    return "pending" if subscriber.status in MAY_CONFIRM else "refused"
+
+
+def confirm(store: Store, subscriber_id: int) -> str:
+    """The person confirmed: ``confirmed``, or the ``standing`` that kept it from changing anything."""
+    subscriber = find_subscriber(store, subscriber_id)
+    state = standing(subscriber)
+    if subscriber is None or state != "pending":
+        return state
     try:
         set_status(
             store,

@@ -4,8 +4,8 @@ Routes (each area in its own module):
 
     GET  /u/{token}              unsubscribe page          POST /u/{token}   RFC 8058 one-click
     GET  /preferences/{token}    name, topics, status      POST              (CSRF-checked)
-    GET  /subscribe              signup form               POST              form or JSON
-    GET  /confirm/{token}        double opt-in link
+    GET  /subscribe              signup form               POST              form or JSON (OPTIONS: CORS)
+    GET  /confirm/{token}        double opt-in: a button   POST              confirms
     POST /webhooks/sendgrid      signed Event Webhook
     GET  /archive/, /archive/{slug}, /archive/feed.xml     issues that went out, and their feed
     GET  /site.css               the pages' one stylesheet;  GET /  → /subscribe;  GET /favicon.ico
@@ -15,12 +15,14 @@ Every response, errors included, carries the security headers of ``pipeline.web.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -37,13 +39,15 @@ from pipeline.transports import open_transport
 from pipeline.transports.base import Transport
 from pipeline.web import archive, preferences, signup, unsubscribe, webhook
 from pipeline.web.accesslog import hide_tokens
-from pipeline.web.context import WebContext, web
+from pipeline.web.context import WebContext, Worker, web, web_of
 from pipeline.web.pages import Pages
-from pipeline.web.security import FormGuard, SecureHeaders, SlidingWindow, security_headers
+from pipeline.web.security import FormGuard, Origins, SecureHeaders, SlidingWindow, security_headers
 from pipeline.web.signature import SignatureVerifier
 
 log = logging.getLogger(__name__)
 HOUR = 3600.0
+JOBS_STOP_SECONDS = 60.0
+"""How long a stopping app waits for the signups it answered (their mail) before it goes."""
 ERROR_TITLES = {
     404: "Page not found",
     405: "That does not work here",
@@ -81,6 +85,13 @@ def _server_error(hsts: bool) -> Callable[[Request, Exception], Response]:
     return handler
 
 
+@contextlib.asynccontextmanager
+async def _finishing_jobs(app: Starlette) -> AsyncIterator[None]:
+    """When the app stops, the signups it has answered are recorded and their mail sent first."""
+    yield
+    await run_in_threadpool(web_of(app).jobs.join, JOBS_STOP_SECONDS)
+
+
 def create_app(
     settings: Settings,
     store: Store,
@@ -106,6 +117,8 @@ def create_app(
         renderer=Renderer(settings),
         transport=transport or (lambda: open_transport(settings)),
         clock=clock,
+        origins=Origins(settings.newsletter.base_url, settings.web.allowed_origins),
+        jobs=Worker(),
     )
     if context.verifier is None:
         log.warning("web.webhook_public_key is not set: SendGrid webhook posts will be refused")
@@ -124,6 +137,7 @@ def create_app(
         routes=routes,
         middleware=[Middleware(SecureHeaders, hsts=hsts)],
         exception_handlers={HTTPException: _http_error, 500: _server_error(hsts)},
+        lifespan=_finishing_jobs,
     )
     app.router.redirect_slashes = False  # no redirect is ever built from a path a stranger sent
     app.state.web = context

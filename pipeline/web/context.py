@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from pipeline.audience.profile import Topic
@@ -17,8 +21,62 @@ from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.transports.base import Transport
 from pipeline.web.pages import Pages
-from pipeline.web.security import FormGuard, SlidingWindow
+from pipeline.web.security import FormGuard, Origins, SlidingWindow
 from pipeline.web.signature import SignatureVerifier
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs jobs one at a time, in the order queued, on a thread the app owns: the work a response
+    must not wait for, so that its timing tells nothing (a signup's store writes and its mail).
+
+    At most ``limit`` jobs wait (``put`` says False beyond: the service is busy). The thread starts
+    with the first job and ends once idle for ``idle_seconds``; it is not a daemon, so the jobs queued
+    when the process is asked to stop still run.
+    """
+
+    def __init__(self, *, limit: int = 1000, idle_seconds: float = 2.0) -> None:
+        self.limit = limit
+        self.idle_seconds = idle_seconds
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._unfinished = 0
+        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+
+    def put(self, job: Callable[[], None]) -> bool:
+        """Queue ``job``; False (and nothing queued) if ``limit`` jobs are waiting already."""
+        with self._changed:
+            if len(self._jobs) >= self.limit:
+                return False
+            self._jobs.append(job)
+            self._unfinished += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="web-worker")
+                self._thread.start()
+            self._changed.notify_all()
+        return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every job queued so far has run; False if ``timeout`` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if not self._changed.wait_for(lambda: bool(self._jobs), self.idle_seconds):
+                    self._thread = None
+                    return
+                job = self._jobs.popleft()
+            try:
+                job()
+            except Exception as exc:  # a job handles its own failures; this keeps the thread alive
+                log.error("a queued job failed: %s", type(exc).__name__)
+            finally:
+                with self._changed:
+                    self._unfinished -= 1
+                    self._changed.notify_all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +89,10 @@ class WebContext:
     """The tags segments use, offered as topics on the signup and preferences forms."""
     guard: FormGuard
     signups: SlidingWindow
+    origins: Origins
+    """The sites whose pages may post to ``/subscribe``."""
+    jobs: Worker
+    """Signups are recorded and confirmations mailed here, after the answer."""
     verifier: SignatureVerifier | None
     """None when ``web.webhook_public_key`` is not set: every webhook post is then refused."""
     renderer: Renderer
@@ -56,4 +118,9 @@ class WebContext:
 
 def web(request: Request) -> WebContext:
     """The context of the app serving ``request``."""
-    return cast(WebContext, request.app.state.web)
+    return web_of(request.app)
+
+
+def web_of(app: Starlette) -> WebContext:
+    """The context ``create_app`` built for ``app``."""
+    return cast(WebContext, app.state.web)

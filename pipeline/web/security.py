@@ -4,6 +4,7 @@ The headers go on every response (errors included): a CSP that allows no script 
 no referrer (a token in our URLs must never leak to a linked site), no MIME sniffing, and no caching
 or indexing of pages whose URL carries a token. CSRF tokens are HMACs by the store's signing key over
 the subscriber id, a random nonce and an expiry, so a form of subscriber A can never be posted as B.
+A form without a subscriber (signup) is guarded by where it comes from instead (``Origins``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import FormData, MutableHeaders
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.errors import TokenError
+from pipeline.settings import origin_of
 from pipeline.tokens import Signer
 
 PAGE_CSP = (
@@ -102,6 +105,62 @@ class FormGuard:
         except TokenError:
             return False
         return signed_for == subscriber_id
+
+
+class Origins:
+    """The sites whose pages may post to a route: ``base_url``'s origin and ``web.allowed_origins``.
+
+    A browser names the page a post comes from in ``Origin`` (every cross-site POST carries it, as
+    ``null`` when the page hides where it is), or failing that in ``Referer``. A post that names
+    neither did not come from a page on another site (curl, a server, a test), so it is let through:
+    what it could do, anyone can do from their own machine. A post from another site is let through
+    only when that site is allowed, and only then does it get the CORS answers a script needs.
+    """
+
+    METHODS = "POST"
+    HEADERS = "Content-Type"
+    MAX_AGE = "600"
+
+    def __init__(self, base_url: str, allowed: Iterable[str]) -> None:
+        own = origin_of(base_url)
+        self.others = frozenset(allowed) - {own}
+        self.trusted = self.others | ({own} if own else set())
+
+    def page_of(self, request: Request) -> str | None:
+        """The origin of the page that sent ``request`` ("null" if hidden or garbled); None if unnamed."""
+        named = request.headers.get("origin")
+        if named is None and (named := request.headers.get("referer")) is None:
+            return None
+        return origin_of(named) or "null"
+
+    def allows(self, request: Request) -> bool:
+        page = self.page_of(request)
+        return page is None or page in self.trusted
+
+    def cors(self, request: Request, response: Response) -> Response:
+        """``response`` readable by a script on an allowed other site (it is sent as is otherwise)."""
+        response.headers["Vary"] = "Origin"
+        page = self.page_of(request)
+        if page is not None and page in self.others:
+            response.headers["Access-Control-Allow-Origin"] = page
+        return response
+
+    def preflight(self, request: Request) -> Response:
+        """The answer to a browser asking whether a script may post JSON here (CORS ``OPTIONS``)."""
+        asks = request.headers.get("access-control-request-method")
+        if self.page_of(request) not in self.others or asks != self.METHODS:
+            return Response(status_code=403, headers={"Vary": "Origin"})
+        return self.cors(
+            request,
+            Response(
+                status_code=204,
+                headers={
+                    "Access-Control-Allow-Methods": self.METHODS,
+                    "Access-Control-Allow-Headers": self.HEADERS,
+                    "Access-Control-Max-Age": self.MAX_AGE,
+                },
+            ),
+        )
 
 
 class SlidingWindow:
