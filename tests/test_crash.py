@@ -81,8 +81,12 @@ class CrashLog:
 
 
 def _mid_send(proj: SendProject, process: Process, delay: float, sent_before: int) -> bool:
-    """Late enough, and this run has recorded a batch (not merely marked the last run's rows in doubt)."""
-    return process.elapsed >= delay and proj.counts()["sent"] > sent_before
+    """Late enough, this run has recorded a batch (not merely marked the last run's rows in doubt), and a
+    batch is out now: the kill is meant to catch one in flight, not the pause between two."""
+    if process.elapsed < delay:
+        return False
+    counts = proj.counts()
+    return counts["sent"] > sent_before and counts["sending"] > 0
 
 
 def _exit_status(proj: SendProject) -> int:
@@ -94,7 +98,8 @@ def kill_and_resume(proj: SendProject, transport: str, rng: random.Random, kills
     """Run the same `newsletter send` over and over, SIGKILLing it mid-send ``kills`` times, then to the end.
 
     Each kill lands at a seeded random time 0.8-2.5 s after the start, but never before that run has
-    recorded a batch (so it hits the sending loop, not the interpreter starting up).
+    recorded a batch (so it hits the sending loop, not the interpreter starting up), and while a batch is
+    out.
     """
     log = CrashLog()
     for _ in range(kills):
