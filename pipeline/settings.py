@@ -244,6 +244,38 @@ class SmtpSettings(Section):
     timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before a silent server is given up on.")
 
 
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def _dns_name(value: str) -> str:
+    if not _DNS_NAME.fullmatch(value.lower()):
+        raise ValueError(
+            f"'{value}' is not a DNS name: letters, digits and hyphens in labels joined by dots "
+            "(an international name as xn--…)"
+        )
+    return value.lower()
+
+
+DnsName = Annotated[str, AfterValidator(_dns_name)]
+
+
+class DkimSettings(Section):
+    private_key_file: Path | None = Field(
+        None,
+        description="PEM RSA private key (2048 bits) that DKIM-signs every message the smtp transport "
+        "sends; unset: no signature. Keep it out of the repository, readable by its owner only.",
+    )
+    selector: DnsName = Field(
+        "newsletter", description="DKIM selector: the public key is published at SELECTOR._domainkey.DOMAIN."
+    )
+    domain: DnsName | None = Field(
+        None,
+        description="Signing domain (d=); defaults to sender.from_email's domain, which DMARC needs it "
+        "to be or to share its organisational domain with.",
+    )
+
+
 class SendGridSettings(Section):
     host: NonEmpty = Field("https://api.sendgrid.com", description="API host; the key is SENDGRID_API_KEY.")
     timeout: float = Field(
@@ -337,6 +369,7 @@ class Settings(Section):
     store: StoreSettings = StoreSettings()
     delivery: DeliverySettings = DeliverySettings()
     smtp: SmtpSettings = SmtpSettings()
+    dkim: DkimSettings = DkimSettings()
     sendgrid: SendGridSettings = SendGridSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     web: WebSettings = WebSettings()

@@ -26,6 +26,7 @@ from pipeline.errors import SettingsError
 from pipeline.render.addresses import ascii_address
 from pipeline.settings import Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
+from pipeline.transports.dkim import message_signer
 from pipeline.transports.handover import ACCEPTED, CLAIMED, HANDING, REFUSED, Handover
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SmtpTransport:
         self.config = settings.smtp
         if self.config.username and not password:
             raise SettingsError("SMTP_PASSWORD: not set, but smtp.username is (set it in the environment)")
+        self.sign = message_signer(settings)  # DKIM when [dkim] sets a key; its problems are found here
         self.envelope_from = settings.sender.from_email
         self.concurrency = self.config.connections
         self.stats = TransportStats()
@@ -135,7 +137,7 @@ class SmtpTransport:
         """One message, reconnecting while it is certainly not handed over; None: connection lost."""
         message_id = batch.message.message_id()
         try:
-            data = batch.message.build(envelope.recipient, envelope.fields, message_id=message_id)
+            data = self.sign(batch.message.build(envelope.recipient, envelope.fields, message_id=message_id))
             wire = ascii_address(envelope.recipient.email)
         except ValueError as exc:  # UnicodeError and AddressError included: this recipient only
             return Outcome(
