@@ -25,7 +25,7 @@ from pipeline.errors import Problem, SettingsError
 from pipeline.validation import field_errors, invisible_kind
 
 SETTINGS_ENV = "NEWSLETTER_SETTINGS"
-SECRET_ENV_NAMES = ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "SMTP_PASSWORD")
+SECRET_ENV_NAMES = ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "SMTP_PASSWORD", "IMAP_PASSWORD")
 
 
 def _email(value: str) -> str:
@@ -361,6 +361,65 @@ class WebSettings(Section):
     )
 
 
+RETURN_PATH_LOCAL_MAX = 24
+"""The longest local part ``bounces.return_path`` may have: ``+`` and a token of up to 39 characters
+must still fit the 64 an address's local part may have."""
+
+
+def _return_path(value: str) -> str:
+    local = value.rpartition("@")[0]
+    if "+" in local:
+        raise ValueError(f"'{value}' already has a '+': the token for each recipient goes after one")
+    if len(local) > RETURN_PATH_LOCAL_MAX:
+        raise ValueError(
+            f"'{value}': a local part of at most {RETURN_PATH_LOCAL_MAX} characters leaves room for the token"
+        )
+    return value
+
+
+def _folder(value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(f"'{value}' is not plain ASCII; name a folder without accents or controls")
+    return value
+
+
+Folder = Annotated[str, Field(min_length=1), AfterValidator(_folder)]
+
+
+class ImapSettings(Section):
+    host: NonEmpty = Field("localhost", description="IMAP server of the bounce mailbox.")
+    port: int = Field(993, ge=1, le=65535, description="IMAP server port (993 for tls, 143 otherwise).")
+    security: Literal["tls", "starttls", "none"] = Field(
+        "tls", description="tls is implicit TLS (port 993); starttls upgrades a plain connection."
+    )
+    username: str | None = Field(None, description="Login name; the password comes from IMAP_PASSWORD.")
+    folder: Folder = Field("INBOX", description="The folder bounces and complaints arrive in.")
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before a silent server is given up on.")
+
+
+class BounceSettings(Section):
+    return_path: Annotated[Email, AfterValidator(_return_path)] | None = Field(
+        None,
+        description="Where bounces go back to: with it set, every campaign message's envelope sender "
+        "(MAIL FROM, the Return-Path a receiver writes) is this address with a signed token for its "
+        "recipient after a +, so a bounce names its recipient; unset: sender.from_email.",
+    )
+    mailbox: Literal["imap", "maildir", "mbox"] | None = Field(
+        None, description="What `newsletter bounces` reads: the imap account below, or a local path."
+    )
+    path: Path | None = Field(None, description="The Maildir folder or mbox file, for maildir and mbox.")
+    processed_folder: Folder = Field(
+        "Processed",
+        description="Where read reports are moved: an IMAP folder, a Maildir++ subfolder, or the mbox "
+        "file PATH.FOLDER. What cannot be read stays where it is, for a person.",
+    )
+    soft_bounce_limit: int = Field(
+        3, ge=1, le=100, description="Soft bounces in a row (the last messages sent) that make a bounce."
+    )
+    every_tick: bool = Field(False, description="`newsletter run` reads the mailbox on every tick.")
+    imap: ImapSettings = ImapSettings()
+
+
 class Settings(Section):
     """The whole settings file. ``root`` is the folder it was read from (not a key in the file)."""
 
@@ -373,6 +432,7 @@ class Settings(Section):
     sendgrid: SendGridSettings = SendGridSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     web: WebSettings = WebSettings()
+    bounces: BounceSettings = BounceSettings()
     root: Path = Field(Path("."), exclude=True)
 
     def path(self, relative: Path) -> Path:

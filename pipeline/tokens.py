@@ -7,9 +7,11 @@ never in a URL), so a link opens only while its id still stands for that address
 handed out again, or a list imported into a new store under the same key, old links open nobody.
 
 Tokens signed before addresses were bound (the id alone) still verify through ``verify_legacy``; the
-caller decides whom such a token may still open for. The key comes from NEWSLETTER_SECRET_KEY; the
-embedded SQLite default generates one into ``var/secret.key`` (mode 0600, in a 0700 folder) the first
-time, so a fresh clone works without setup.
+caller decides whom such a token may still open for. Return-path tokens (``sign_compact``) are the
+same tag after a number, in lower-case base32, so they survive servers that change the letter case
+of an address's local part. The key comes from NEWSLETTER_SECRET_KEY; the embedded SQLite default
+generates one into ``var/secret.key`` (mode 0600, in a 0700 folder) the first time, so a fresh clone
+works without setup.
 """
 
 from __future__ import annotations
@@ -125,6 +127,20 @@ class Signer:
         _check_expiry(expires_at, now)
         return subscriber_id
 
+    def sign_compact(self, purpose: str, number: int, *, address: str) -> str:
+        """``number`` and its tag (bound to ``address``) as lower-case base32: a token for the local part
+        of an address, where some servers change letter case and ``.``/``_``/``-`` may mean something."""
+        payload = number.to_bytes(max(1, (number.bit_length() + 7) // 8), "big")
+        raw = payload + self._tag(purpose, payload, address)
+        return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+    def verify_compact(self, purpose: str, token: str, *, address: str) -> int:
+        """The number in a ``sign_compact`` token; ``TokenError`` unless it was signed for ``address``."""
+        payload, tag = _parse_compact(token)
+        if not hmac.compare_digest(tag, self._tag(purpose, payload, address)):
+            raise TokenError("invalid token signature")
+        return int.from_bytes(payload, "big")
+
     def address_hash(self, email: str) -> str:
         """A keyed hash of a normalised address: lets erased people stay suppressed without their address."""
         digest = hmac.new(self._key, b"address\0" + email.strip().lower().encode("utf-8"), hashlib.sha256)
@@ -142,6 +158,22 @@ def _parse(token: str) -> tuple[bytes, bytes, int, int | None]:
         return raw, tag, int(fields[0]), int(fields[1]) if len(fields) == 2 else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise TokenError("malformed token") from exc
+
+
+def compact_claim(token: str) -> int:
+    """The number a ``sign_compact`` token names, unchecked: whose address to verify it against."""
+    return int.from_bytes(_parse_compact(token)[0], "big")
+
+
+def _parse_compact(token: str) -> tuple[bytes, bytes]:
+    """``(payload, tag)`` of a well-formed compact token, whatever its letter case; ``TokenError`` otherwise."""
+    try:
+        raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+    except ValueError as exc:  # binascii.Error included
+        raise TokenError("malformed token") from exc
+    if not _TAG_BYTES < len(raw) <= _TAG_BYTES + 8:
+        raise TokenError("malformed token")
+    return raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
 
 
 def _check_expiry(expires_at: int | None, now: float | None) -> None:

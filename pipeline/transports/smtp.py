@@ -28,6 +28,7 @@ from pipeline.settings import Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats
 from pipeline.transports.dkim import message_signer
 from pipeline.transports.handover import ACCEPTED, CLAIMED, HANDING, REFUSED, Handover
+from pipeline.transports.returnpath import ReturnPath
 
 log = logging.getLogger(__name__)
 RECONNECT_ATTEMPTS = 3
@@ -54,6 +55,7 @@ class SmtpTransport:
             raise SettingsError("SMTP_PASSWORD: not set, but smtp.username is (set it in the environment)")
         self.sign = message_signer(settings)  # DKIM when [dkim] sets a key; its problems are found here
         self.envelope_from = settings.sender.from_email
+        self.return_path = ReturnPath.from_settings(settings)
         self.concurrency = self.config.connections
         self.stats = TransportStats()
         self._password = password
@@ -148,7 +150,7 @@ class SmtpTransport:
         for _attempt in range(RECONNECT_ATTEMPTS):
             try:
                 try:
-                    code, reply = connection.mail(self.envelope_from, options)
+                    code, reply = connection.mail(self._envelope_sender(envelope), options)
                 except smtplib.SMTPNotSupportedError:
                     reason = f"{self.config.host} does not offer SMTPUTF8, which a non-ASCII local part needs"
                     return Outcome(envelope.delivery_id, "failed", None, reason), connection
@@ -182,6 +184,13 @@ class SmtpTransport:
             self._note(batch, ACCEPTED, envelope)
             return Outcome(envelope.delivery_id, "sent", message_id), connection
         raise _Unreachable(f"SMTP connection to {self.config.host} keeps dropping")
+
+    def _envelope_sender(self, envelope: Envelope) -> str:
+        """MAIL FROM: the VERP address of the message's ledger row when ``bounces.return_path`` is set;
+        test copies and confirmations (no row) keep ``sender.from_email``, so their bounces reach a person."""
+        if self.return_path is None or not envelope.delivery_id:
+            return self.envelope_from
+        return self.return_path.for_delivery(envelope.delivery_id, envelope.recipient.email)
 
     def _note(self, batch: Batch, kind: str, *envelopes: Envelope) -> None:
         if batch.campaign_id is not None:  # a test send has no ledger rows to settle
