@@ -15,6 +15,7 @@ from rich.text import Text
 
 from pipeline import __version__
 from pipeline.cli.context import CliContext, console_err
+from pipeline.cli.dns import dns
 from pipeline.cli.issues import check, new, render
 from pipeline.cli.schedule import run, status
 from pipeline.cli.sending import campaigns_group, send
@@ -73,6 +74,7 @@ cli.add_command(run)
 cli.add_command(status)
 cli.add_command(serve)
 cli.add_command(report)
+cli.add_command(dns)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -147,10 +147,15 @@ class DkimSigner:
         return header.encode("ascii") + message
 
 
-def signing_domain(settings: Settings) -> str:
-    """``dkim.domain``, else the domain of ``sender.from_email`` (in its ASCII form)."""
-    domain = settings.dkim.domain or settings.sender.from_email.rpartition("@")[2].lower()
+def domain_of(address: str) -> str:
+    """The domain of ``address`` in its ASCII form, as DNS and the d= tag write it."""
+    domain = address.rpartition("@")[2].lower()
     return domain if domain.isascii() else idna.encode(domain, uts46=True).decode("ascii")
+
+
+def signing_domain(settings: Settings) -> str:
+    """``dkim.domain``, else the domain of ``sender.from_email``."""
+    return settings.dkim.domain or domain_of(settings.sender.from_email)
 
 
 def key_file(settings: Settings) -> Path | None:
