@@ -31,9 +31,10 @@ class Worker:
     """Runs jobs one at a time, in the order queued, on a thread the app owns: the work a response
     must not wait for, so that its timing tells nothing (a signup's store writes and its mail).
 
-    At most ``limit`` jobs wait (``put`` says False beyond: the service is busy). The thread starts
-    with the first job and ends once idle for ``idle_seconds``; it is not a daemon, so the jobs queued
-    when the process is asked to stop still run.
+    Callers check ``full`` before they promise the work (``limit`` jobs waiting: the service is
+    busy), and ``put`` the job once the response is sent, so not even its start competes with the
+    answer. The thread starts with a job and ends once idle for ``idle_seconds``; it is not a
+    daemon, so the jobs queued when the process is asked to stop still run.
     """
 
     def __init__(self, *, limit: int = 1000, idle_seconds: float = 2.0) -> None:
@@ -41,26 +42,30 @@ class Worker:
         self.idle_seconds = idle_seconds
         self._jobs: deque[Callable[[], None]] = deque()
         self._unfinished = 0
+        self._finished = 0
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
 
-    def put(self, job: Callable[[], None]) -> bool:
-        """Queue ``job``; False (and nothing queued) if ``limit`` jobs are waiting already."""
+    def full(self) -> bool:
         with self._changed:
-            if len(self._jobs) >= self.limit:
-                return False
+            return len(self._jobs) >= self.limit
+
+    def put(self, job: Callable[[], None]) -> None:
+        with self._changed:
             self._jobs.append(job)
             self._unfinished += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="web-worker")
                 self._thread.start()
             self._changed.notify_all()
-        return True
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every job queued so far has run; False if ``timeout`` seconds passed first."""
+    def join(self, timeout: float | None = None, *, at_least: int = 0) -> bool:
+        """Wait until every job queued so far has run, and ``at_least`` jobs in all (one a caller
+        knows is coming); False if ``timeout`` seconds passed first."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._unfinished == 0, timeout)
+            return self._changed.wait_for(
+                lambda: self._unfinished == 0 and self._finished >= at_least, timeout
+            )
 
     def _run(self) -> None:
         while True:
@@ -76,6 +81,7 @@ class Worker:
             finally:
                 with self._changed:
                     self._unfinished -= 1
+                    self._finished += 1
                     self._changed.notify_all()
 
 

@@ -20,9 +20,11 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -154,11 +156,18 @@ async def _submit(request: Request, ctx: WebContext) -> Response:
             if as_json
             else _form(ctx, status=400, signup=signup, error=message)
         )
-    if not ctx.jobs.put(partial(deliver, ctx, address, signup)):
+    if ctx.jobs.full():
         response = _refuse(ctx, as_json, 503, "Too many signups right now; please try again in a minute")
         response.headers["Retry-After"] = str(BUSY_SECONDS)
         return response
-    return _answer(ctx, as_json, signup.email)
+    response = _answer(ctx, as_json, signup.email)
+    response.background = BackgroundTask(_queue, ctx, partial(deliver, ctx, address, signup))
+    return response
+
+
+async def _queue(ctx: WebContext, job: Callable[[], None]) -> None:
+    """Run once the answer is sent: only then may the job start."""
+    ctx.jobs.put(job)
 
 
 def deliver(ctx: WebContext, address: Address, signup: Signup) -> None:
