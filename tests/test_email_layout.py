@@ -197,6 +197,39 @@ def test_small_print_is_still_at_least_14px(
     assert sizes and min(sizes) >= 14
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("slug", SLUGS)
+def test_preheader_is_the_first_text_yet_never_shows_nor_takes_space(
+    open_page: Callable[..., Page], sample_html: dict[str, str], slug: str, scheme: str
+) -> None:
+    """Inbox previews read the body's first text, whatever CSS hides: the preheader must be it, and
+    be hidden in the message itself (display:none, no colour trick that spam filters score)."""
+    page = open_page(sample_html[slug], PHONE, scheme)
+    issue = load_issue(REPO / "issues" / f"{slug}.yaml").issue
+
+    first_text = page.evaluate(
+        """() => {
+          const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT,
+            {acceptNode: (n) => n.textContent.trim() ? NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_SKIP});
+          return walker.nextNode().textContent;
+        }"""
+    )
+    preheader = page.locator(".nl-preheader")
+
+    assert first_text.startswith(issue.preheader)
+    assert preheader.count() == 1 and not preheader.is_visible()
+    assert preheader.bounding_box() is None, "no box: it takes no space"
+    layout = "() => [document.body.scrollHeight, document.querySelector('h1').getBoundingClientRect().top]"
+    before = page.evaluate(layout)
+    page.evaluate(
+        "() => { window._preheader = document.querySelector('.nl-preheader'); window._preheader.remove(); }"
+    )
+    try:
+        assert page.evaluate(layout) == before, "removing it moves nothing"
+    finally:
+        page.evaluate("() => document.querySelector('.nl-page').prepend(window._preheader)")
+
+
 # Structure
 
 

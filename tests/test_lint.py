@@ -205,7 +205,7 @@ def test_footer_without_unsubscribe_link_is_an_error_in_both_parts(settings: Set
     edit_template(
         project, "partials/footer.mjml.j2", "{{ recipient.unsubscribe_url }}", "https://example.org/"
     )
-    edit_template(project, "partials/footer.txt.j2", "Unsubscribe: {{ recipient.unsubscribe_url }}\n", "")
+    edit_template(project, "partials/footer.txt.j2", "Unsubscribe:\n{{ recipient.unsubscribe_url }}\n", "")
 
     found = problems(settings, project / "issues" / FIRST)
 

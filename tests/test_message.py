@@ -1,22 +1,37 @@
-"""The .eml a recipient gets: parsed back with the standard library, as a mail client would."""
+"""The .eml a recipient gets: parsed back with the standard library, as a mail client would; what each
+transport sends of it (Feedback-ID); line lengths of its headers and text part."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from email import message_from_string
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
+from pathlib import Path
 from typing import cast
 
 import pytest
 
+from pipeline.content.issue import load_issue
 from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.links import Links
-from pipeline.render.message import MessageTemplate, list_id
-from pipeline.render.renderer import RenderedIssue, personalise
+from pipeline.render.message import MessageTemplate, feedback_id, feedback_sender_id, list_id
+from pipeline.render.renderer import RenderedIssue, personalise, render
 from pipeline.settings import Settings
+from pipeline.store.engine import Store
 from pipeline.tokens import Signer
+from pipeline.transports.sendgrid import SendGridTransport
+from pipeline.transports.smtp import SmtpTransport
+from tests.emulators.sendgrid import SendGridEmulator
+from tests.fixtures.project import CliInvoker
+from tests.fixtures.smtp import SmtpServer
+from tests.mail import outbox_files
+from tests.paths import REPO
+from tests.transport_helpers import dispatcher, make_batch, new_campaign
+from tests.web_support import readers
 
 FIRST = "2026-12-01-name-it-to-tame-it"
 KEY = b"test-message: a fixed key for these tests"
@@ -106,7 +121,7 @@ def test_list_unsubscribe_url_is_the_one_in_the_footer(settings: Settings, rende
     message = parse(build(settings, rendered))
 
     url = str(message["List-Unsubscribe"]).split(">")[0].lstrip("<")
-    assert f"Unsubscribe: {url}" in part(message, "plain")
+    assert f"Unsubscribe:\r\n{url}\r\n" in part(message, "plain")
     assert f'href="{url}"' in part(message, "html")
 
 
@@ -258,3 +273,216 @@ def test_boundary_does_not_occur_in_the_content(settings: Settings, rendered: Re
     boundary = message.get_boundary()
     assert boundary
     assert raw.count(f"--{boundary}".encode()) == 3
+
+
+# Feedback-ID: Gmail's feedback loop, on every campaign message and nothing else
+
+SLUGS = sorted(path.stem for path in (REPO / "issues").glob("*.yaml"))
+ISSUE = f"issues/{FIRST}.yaml"
+
+
+def expected_feedback_id(campaign_id: int, slug: str = FIRST) -> str:
+    return f"{campaign_id}:{slug}:the-juggle:newsexampleorg"
+
+
+def test_campaign_messages_in_the_outbox_carry_feedback_id_and_list_id(
+    run: CliInvoker, project: Path
+) -> None:
+    run("send", ISSUE, "--yes", "--segment", "toddlers")
+
+    messages = [parse(path.read_bytes()) for path in outbox_files(project / "outbox")]
+
+    assert len(messages) == 14
+    for message in messages:
+        assert message.get_all("Feedback-ID") == [expected_feedback_id(1)]
+        assert message["List-Id"] == "The Juggle <the-juggle.news.example.org>"
+        assert message.defects == []
+
+
+def test_a_test_copy_carries_no_feedback_id(run: CliInvoker, project: Path) -> None:
+    """Not part of the bulk stream Gmail reports on, and no campaign to name."""
+    run("send", ISSUE, "--to", "editor@example.org")
+
+    (path,) = outbox_files(project / "outbox")
+    message = parse(path.read_bytes())
+    assert message["Subject"].startswith("[TEST] ")
+    assert message["Feedback-ID"] is None
+    assert message["List-Id"] == "The Juggle <the-juggle.news.example.org>"
+
+
+def test_campaign_messages_over_smtp_carry_feedback_id(
+    store: Store, settings: Settings, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 3)
+    campaign = new_campaign(store, settings)
+    smtp = settings.smtp.model_copy(
+        update={"host": "127.0.0.1", "port": smtp_server.port, "security": "none"}
+    )
+    transport = SmtpTransport(settings.model_copy(update={"smtp": smtp}), None)
+
+    dispatcher(store, settings, transport).run(campaign.id)
+    transport.close()
+
+    received = [item.message for item in smtp_server.handler.received]
+    assert len(received) == 3
+    assert {message["Feedback-ID"] for message in received} == {expected_feedback_id(campaign.id)}
+
+
+def test_a_sendgrid_request_carries_feedback_id_for_a_campaign_only(settings: Settings) -> None:
+    with SendGridEmulator(api_key="SG.message-test") as emulator:
+        config = settings.sendgrid.model_copy(update={"host": emulator.url, "timeout": 5.0})
+        transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), "SG.message-test")
+        transport.send(make_batch(settings, ["a@example.com", "b@example.com"], campaign_id=42))
+        transport.send(make_batch(settings, ["editor@example.org"], campaign_id=None))
+
+    campaign_request, test_copy = emulator.messages
+    assert campaign_request.headers["Feedback-ID"] == expected_feedback_id(42)
+    assert campaign_request.headers["List-Id"] == "The Juggle <the-juggle.news.example.org>"
+    assert "Feedback-ID" not in test_copy.headers
+
+
+def test_feedback_id_has_gmail_s_shape(settings: Settings, rendered: RenderedIssue) -> None:
+    """``a:b:c:SenderId``: at most four colon-separated fields, the last 5 to 15 characters."""
+    tricky = RenderedIssue(
+        "2027-01-05-a:b c", rendered.subject, rendered.preheader, rendered.html, rendered.text
+    )
+
+    value = feedback_id(settings, 7, tricky.slug)
+
+    fields = value.split(":")
+    assert fields == ["7", "2027-01-05-a-b-c", "the-juggle", "newsexampleorg"]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", field) for field in fields)
+
+
+@pytest.mark.parametrize(
+    ("from_email", "sender_id"),
+    [
+        ("hello@news.example.org", "newsexampleorg"),
+        ("a@x.io", "xio00"),
+        ("news@mail.the-juggle-newsletter.example.com", "mailthejugglene"),
+        ("hallo@bücher.de", "xnbcherkvade"),
+    ],
+)
+def test_feedback_sender_id_is_5_to_15_characters_from_the_from_domain(
+    settings: Settings, from_email: str, sender_id: str
+) -> None:
+    sender = settings.sender.model_copy(update={"from_email": from_email})
+
+    assert feedback_sender_id(settings.model_copy(update={"sender": sender})) == sender_id
+    assert 5 <= len(sender_id) <= 15
+
+
+# Line lengths: the To header folded, the text part within 78 characters
+
+LONG_NAMES = [
+    "Alexandra Catherine Montgomery-Smythe Worthington, Third of Her Name",
+    "Zoë Ångström-Løvdahl Þórðardóttir Ünterbërg-Häßler and Family",
+    "Maximilianus Bartholomew Featherstonehaugh-Cholmondeley",
+]
+
+
+def to_lines(raw: bytes) -> list[bytes]:
+    """The To header's lines as sent (its first line and the folded ones after it)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    start = next(i for i, line in enumerate(head) if line.startswith(b"To: "))
+    end = next(i for i in range(start + 1, len(head)) if not head[i].startswith(b" "))
+    return head[start:end]
+
+
+def read_to(raw: bytes) -> tuple[str, str]:
+    """(display name, address) as RFC 2047 6.2 reads them: the space between two encoded words is
+    not part of the name. Python 3.11's address parser keeps it (CPython gh-128110, fixed later), so
+    the name is decoded by ``email.header``, which follows the RFC; the address by the modern parser."""
+    [to] = message_from_string(raw.decode("utf-8"), policy=default)["To"].addresses  # UTF-8 as RFC 6532
+    value = b"".join(to_lines(raw)).decode("utf-8").removeprefix("To: ")
+    name = value.rpartition(" <")[0]
+    decoded = str(make_header(decode_header(name)))
+    return (decoded.strip('"') if name.startswith('"') else decoded), to.addr_spec
+
+
+@pytest.mark.parametrize("name", LONG_NAMES)
+def test_a_long_to_header_is_folded_and_reads_back(
+    settings: Settings, rendered: RenderedIssue, name: str
+) -> None:
+    recipient = Recipient(9, "alexandra.montgomery-smythe@example.com", name)
+
+    raw = build(settings, rendered, recipient)
+
+    lines = to_lines(raw)
+    assert len(lines) > 1, "folded"
+    assert max(len(line) for line in lines) <= 78
+    assert read_to(raw) == (name, recipient.email)
+
+
+def test_a_long_to_header_with_a_unicode_local_part_is_folded_too(
+    settings: Settings, rendered: RenderedIssue
+) -> None:
+    recipient = Recipient(9, "zoë.ångström-løvdahl@example.com", LONG_NAMES[1])
+
+    raw = build(settings, rendered, recipient)
+
+    lines = to_lines(raw)
+    assert len(lines) > 1, "folded"
+    assert max(len(line) for line in lines) <= 78
+    assert read_to(raw) == (LONG_NAMES[1], recipient.email)
+
+
+def test_a_short_to_header_stays_on_one_line(settings: Settings, rendered: RenderedIssue) -> None:
+    head = build(settings, rendered).split(b"\r\n\r\n", 1)[0]
+
+    assert b"To: Sam Rivera <sam.rivera@example.com>\r\n" in head
+
+
+def long_lines(text: str) -> list[str]:
+    """Lines over 78 characters, except one URL or address standing alone (with its brackets or a
+    full stop), which cannot be broken."""
+    return [line for line in text.splitlines() if len(line) > 78 and " " in line.strip().strip("()<>.,;:")]
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_text_part_lines_stay_within_78_characters(settings: Settings, project: Path, slug: str) -> None:
+    rendered = render(load_issue(project / "issues" / f"{slug}.yaml"), settings)
+    recipient = Recipient(4217, "sam.rivera@example.com", "Sam Rivera")
+
+    text = part(parse(build(settings, rendered, recipient)), "plain")
+
+    assert max(len(line) for line in text.splitlines()) <= 78
+    urls = [line for line in text.splitlines() if "https://" in line]
+    assert urls and all(line.strip().startswith("https://") for line in urls), "every URL on its own line"
+
+
+def test_text_part_wraps_long_titles_and_keeps_long_urls_and_addresses_alone(
+    settings: Settings, project: Path
+) -> None:
+    long_url = "https://www.example.org/research/" + "working-parents-and-the-long-week/" * 3
+    path = project / "issues" / f"{FIRST}.yaml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in (
+        ('title: "Name it to tame it"', 'title: "Name it to tame it, and then name it once more, out loud"'),
+        (
+            'attribution: "Priya, emergency room nurse and mom of one"',
+            'attribution: "Priya, emergency room nurse on nights, mom of one, and a reluctant runner"',
+        ),
+        (
+            'title: "Research on parenting and family life"',
+            'title: "Research on parenting, family life and work"',
+        ),
+        ('by: "Pew Research Center"', 'by: "the Pew Research Center, a nonpartisan fact tank in Washington"'),
+        ('link: "https://www.pewresearch.org/"', f'link: "{long_url}"'),
+        ("    care.\n", f"    care. Read [the long study]({long_url}) when you can.\n"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    recipient = Recipient(
+        4217, "alexandra.catherine.montgomery-smythe.worthington@example.com", LONG_NAMES[0]
+    )
+
+    plain = part(parse(build(settings, render(load_issue(path), settings), recipient)), "plain")
+
+    assert long_lines(plain.replace("\r\n", "\n")) == []
+    lines = [line.strip() for line in plain.splitlines()]
+    assert long_url in lines, "the button link alone on its line"
+    assert f"({long_url})" in lines, "a Markdown link's URL alone on its line"
+    assert recipient.email in lines
+    assert "Name it to tame it, and then name it once more, out loud" in " ".join(plain.split())

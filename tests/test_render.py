@@ -133,6 +133,103 @@ def test_short_diff_is_short_and_names_the_file() -> None:
     assert all(len(line) <= 202 for line in diff.splitlines())
 
 
+# What a message loads when it is opened: nothing but the issue's own images
+
+
+class _Resources(HTMLParser):
+    """Every URL the HTML would fetch on open: stylesheets and other links, src/srcset, background
+    attributes, and url(…) or @import in style blocks and attributes. Link targets (a href) are not
+    fetched, so they are not resources."""
+
+    _URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+['"]([^'"]+)""")
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def _css(self, text: str) -> None:
+        self.urls += [a or b for a, b in self._URL.findall(text)]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_style = tag == "style"
+        for name, value in attrs:
+            if value is None:
+                continue
+            if (tag == "link" and name == "href") or name in {"src", "background", "poster", "data"}:
+                self.urls.append(value)
+            elif name == "srcset":
+                self.urls += [item.split()[0] for item in value.split(",") if item.strip()]
+            elif name == "style":
+                self._css(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self._css(data)
+
+    def handle_comment(self, data: str) -> None:
+        """Outlook's conditional comments hold markup too: read it."""
+        inner = _Resources()
+        inner.feed(data)
+        self.urls += inner.urls
+
+
+def resources(markup: str) -> list[str]:
+    parser = _Resources()
+    parser.feed(markup)
+    return parser.urls
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_a_sample_message_loads_no_external_resource(fresh_samples: dict[str, str], slug: str) -> None:
+    """No web fonts (MJML links Google Fonts for Roboto unless told not to), no tracking pixel."""
+    html_part = fresh_samples[f"{slug}.html"]
+
+    assert resources(html_part) == []
+    assert "googleapis" not in html_part and "@import" not in html_part
+
+
+def test_the_only_resource_is_the_issue_s_own_image(settings: Settings, project: Path) -> None:
+    path = project / "issues" / f"{FIRST}.yaml"
+    hero = "https://news.example.org/images/guilt.jpg"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("intro: |", f'hero:\n  src: "{hero}"\n  alt: "A parent"\nintro: |'))
+
+    copy = personalise(render(load_issue(path), settings), fields_for())
+
+    assert resources(copy.html) == [hero]
+
+
+def test_the_resource_finder_sees_fonts_and_backgrounds() -> None:
+    """The finder above, on what MJML emitted before web fonts were turned off, and on backgrounds."""
+    markup = (
+        '<!--[if !mso]><!--><link href="https://fonts.googleapis.com/css?family=Roboto" rel="stylesheet">'
+        "<style>@import url(https://fonts.googleapis.com/css?family=Roboto);</style><!--<![endif]-->"
+        '<td background="https://x.example/bg.png" style="background:url(\'https://x.example/b2.png\')">'
+        '<a href="https://example.org/">a link is no resource</a></td>'
+    )
+
+    assert resources(markup) == [
+        "https://fonts.googleapis.com/css?family=Roboto",
+        "https://fonts.googleapis.com/css?family=Roboto",
+        "https://x.example/bg.png",
+        "https://x.example/b2.png",
+    ]
+
+
+def test_the_preheader_is_hidden_without_a_colour(fresh_samples: dict[str, str]) -> None:
+    """Text coloured like its background is what HTML_FONT_LOW_CONTRAST scores; display:none hides it."""
+    for slug in SLUGS:
+        html_part = fresh_samples[f"{slug}.html"]
+        style = re.search(r'<span class="nl-preheader" style="([^"]*)"', html_part)
+        assert style is not None, slug
+        assert "display:none" in style[1] and "mso-hide:all" in style[1]
+        assert "color" not in style[1]
+
+
 # Render once, personalise many
 
 
@@ -172,9 +269,12 @@ def test_personalise_substitutes_email_and_signed_links(settings: Settings, rend
         assert Signer(KEY).verify(purpose, url.rsplit("/", 1)[1], address=recipient.email) == 31
     assert {fields.unsubscribe_url, fields.preferences_url} <= set(hrefs(copy.html))
     assert "sam.rivera@example.com subscribed" in copy.html
-    assert f"Unsubscribe: {fields.unsubscribe_url}" in copy.text
-    assert f"Update your preferences: {fields.preferences_url}" in copy.text
-    assert "sam.rivera@example.com subscribed" in copy.text
+    assert f"Unsubscribe:\n{fields.unsubscribe_url}\n" in copy.text
+    assert f"Update your preferences:\n{fields.preferences_url}\n" in copy.text
+    assert (
+        "subscribed to The Juggle, a\nweekly letter for working parents:\nsam.rivera@example.com\n"
+        in copy.text
+    )
     assert f"https://news.example.org/archive/{FIRST}" in hrefs(copy.html)
 
 
@@ -208,7 +308,7 @@ def test_values_are_escaped_in_html_but_not_in_text(rendered: RenderedIssue) -> 
     assert url in hrefs(copy.html), "the attribute decodes back to the exact URL"
     assert f"Hi {TRICKY_NAME}," in copy.text
     assert 'zoe"&<co>@example.com' in copy.text
-    assert f"Unsubscribe: {url}" in copy.text
+    assert f"Unsubscribe:\n{url}\n" in copy.text
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -249,7 +349,7 @@ def test_with_tags_produces_sendgrid_substitution_tags(rendered: RenderedIssue) 
         for name in PERSONAL_FIELDS:
             assert f"-{name}-" in tagged
     assert "Hi -first_name-," in tagged_text
-    assert "Unsubscribe: -unsubscribe_url-" in tagged_text
+    assert "Unsubscribe:\n-unsubscribe_url-\n" in tagged_text
     assert "-unsubscribe_url-" in hrefs(tagged_html)
     fields = fields_for("Ana")
     substituted = tagged_text

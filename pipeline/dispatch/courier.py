@@ -65,9 +65,8 @@ class Courier:
         for delivery_id, subscriber_id, email, name, timezone in job.rows:
             recipient = Recipient(subscriber_id, email, name, timezone)
             envelopes.append(Envelope(delivery_id, recipient, personal_fields(recipient)))
-        return self.transport.send(
-            Batch(job.campaign_id, self.rendered, self.message, envelopes, job.send_at)
-        )
+        message = self.message.for_campaign(job.campaign_id)  # with its Feedback-ID
+        return self.transport.send(Batch(job.campaign_id, self.rendered, message, envelopes, job.send_at))
 
 
 _courier: Courier | None = None

@@ -102,6 +102,21 @@ def _md_text(source: str, indent: int = 0) -> str:
     return textwrap.indent(text, " " * indent).lstrip(" ") if indent else text
 
 
+def _wrap(text: str, indent: int = 0) -> str:
+    """Plain text (not Markdown: a name, a title) wrapped like the Markdown fields, continuation lines
+    hanging ``indent`` spaces in; words and URLs are never broken."""
+    pad = " " * indent
+    wrapped = textwrap.fill(
+        text,
+        markup.WIDTH,
+        initial_indent=pad,
+        subsequent_indent=pad,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return wrapped[indent:]
+
+
 def _on_text(function: Callable[..., Any]) -> Callable[..., Any]:
     """A filter that first turns its value into text, so an undefined value raises UndefinedError."""
 
@@ -124,6 +139,7 @@ def environment(templates_dir: Path) -> jinja2.Environment:
     env.filters["md"] = _on_text(markup.to_html)
     env.filters["md_inline"] = _on_text(markup.to_inline_html)
     env.filters["md_text"] = _on_text(_md_text)
+    env.filters["wrap"] = _on_text(_wrap)
     return env
 
 
@@ -202,7 +218,9 @@ class Renderer:
         text = _render_template(self.env, f"{template}.txt.j2", context, source)
         where = f"templates/{template}.mjml.j2"
         try:
-            html_out = mjml2html(mjml_source)
+            # No web fonts: MJML would link Google Fonts for Roboto in the font stack, a third-party
+            # request on every open (which Gmail strips anyway); the stack falls back to system fonts.
+            html_out = mjml2html(mjml_source, fonts={})
         except ValueError as exc:
             raise ContentError([Problem(where, f"MJML: {exc}")]) from None
         if len(_PLACEHOLDER.findall(html_out)) != len(_PLACEHOLDER.findall(mjml_source)):

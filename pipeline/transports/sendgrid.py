@@ -246,7 +246,7 @@ class SendGridTransport:
             "from": {"email": sender.from_email, "name": sender.from_name},
             "subject": batch.message.subject,
             "content": self._content(batch, shared),
-            "headers": static_list_headers(self.settings),
+            "headers": static_list_headers(self.settings, batch.campaign_id, batch.rendered.slug),
             "personalizations": [self._personalization(e, shared, batch.send_at) for e in envelopes],
         }
         if sender.reply_to:
