@@ -28,7 +28,8 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.audience.subscribers import find_subscriber, set_status, suppress
-from pipeline.settings import Settings
+from pipeline.errors import SettingsError
+from pipeline.settings import Settings, load_settings
 from pipeline.store.engine import Store
 from pipeline.store.tables import confirmations
 from pipeline.transports.base import Transport
@@ -206,6 +207,38 @@ def test_json_from_an_allowed_site_gets_the_cors_answers_a_browser_needs(
     assert denied.json() == {"error": "Please sign up on our own page"}
     assert snapshot(store) == before
     assert outbox.stats.requests == 1  # ana's confirmation only
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://www.example.org/", "https://*.example.org", "www.example.org", "null"]
+)
+def test_an_allowed_origin_that_is_no_origin_is_an_error_naming_the_key(project: Path, origin: str) -> None:
+    """Issue 12 item 6: ``web.allowed_origins`` takes origins as browsers send them, nothing looser."""
+    path = project / "settings.toml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("allowed_origins = []", f'allowed_origins = ["{origin}"]'), "utf-8")
+
+    with pytest.raises(SettingsError) as error:
+        load_settings(path)
+
+    assert (
+        f"settings.toml:{allowed_line(text)}:1: error: web.allowed_origins.0: '{origin}' is not an origin"
+        in str(error.value)
+    )
+
+
+def allowed_line(text: str) -> int:
+    return text.splitlines().index("allowed_origins = []") + 1
+
+
+def test_allowed_origins_are_kept_as_browsers_write_them(project: Path) -> None:
+    """Issue 12 item 6: case and a default port do not keep an allowed site out."""
+    path = project / "settings.toml"
+    text = path.read_text(encoding="utf-8")
+    listed = 'allowed_origins = ["HTTPS://WWW.Example.org:443", "http://localhost:8080"]'
+    path.write_text(text.replace("allowed_origins = []", listed), "utf-8")
+
+    assert load_settings(path).web.allowed_origins == ["https://www.example.org", "http://localhost:8080"]
 
 
 @pytest.fixture
