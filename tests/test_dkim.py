@@ -384,6 +384,7 @@ def test_the_printed_dkim_record_verifies_a_message_signed_with_the_key(
     assert len(strings) >= 2 and all(len(text) <= 255 for text in strings)
     printed = "".join(strings).encode("ascii")
     assert dkim.verify(signed_message, dnsfunc=dns_answering(printed))
+    assert f"in one piece, for a web DNS console: {printed.decode()}\n" in block
 
 
 def test_dns_prints_spf_and_dmarc_for_the_sender_domain(project: Path) -> None:
@@ -436,4 +437,20 @@ def test_dns_gives_the_return_path_domain_its_spf_record_too(project: Path) -> N
     output = dns_output(project, "--transport", "smtp")
 
     assert re.findall(r"^SPF at (\S+)$", output, re.M) == ["news.example.org", "mail.example.org"]
-    assert 'mail.example.org. 3600 IN TXT "v=spf1 ' in output
+    assert 'mail.example.org. 3600 IN TXT "v=spf1 ip4:SERVER-IPV4 ~all"' in output  # smtp.host is localhost
+    assert "replace SERVER-IPV4" in output
+
+
+def test_dns_warns_when_the_signing_domain_cannot_align_with_the_from_domain(project: Path) -> None:
+    path = project / "settings.toml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace('# domain = "news.example.org"', 'domain = "other.example.net"'), encoding="utf-8"
+    )
+
+    output = dns_output(project, "--transport", "smtp")
+
+    assert "DKIM at newsletter._domainkey.other.example.net" in output
+    assert "dkim.domain other.example.net is not news.example.org or a parent of it" in record_block(
+        output, "DMARC"
+    )

@@ -41,5 +41,7 @@ def dns(ctx: CliContext, transport: str | None) -> None:
         console.print()
         console.print(f"{record.kind} at {record.name}", style="bold", markup=False)
         lines = zone_lines(record) if record.value is not None else []
+        if len(record.strings) > 1:
+            lines.append(f"  in one piece, for a web DNS console: {record.value}")
         for line in [*lines, *(f"  {note}" for note in record.notes)]:
             console.print(line, markup=False, soft_wrap=True)

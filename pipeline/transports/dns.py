@@ -120,8 +120,8 @@ def _dkim(settings: Settings) -> DnsRecord:
         name,
         f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode('ascii')}",
         (
-            f"The public half of {path}. A web DNS console takes the value as one piece; a zone file "
-            "needs it split in strings as shown.",
+            f"The public half of {path}. A zone file needs it in strings of at most 255 characters; "
+            "most web DNS consoles take it in one piece and split it themselves.",
         ),
     )
 
