@@ -12,6 +12,7 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.transports.sendgrid import SendGridTransport
 from tests.emulators.sendgrid import AcceptedMessage, Fault, SendGridEmulator
+from tests.fixtures.smtp import SmtpServer
 from tests.transport_helpers import make_batch
 
 API_KEY = "SG.transport-test-key"
@@ -167,6 +168,22 @@ def test_a_connection_dropped_after_sending_leaves_the_batch_in_doubt(
     outcomes = transport.send(make_batch(settings, emails(2)))
     assert {o.status for o in outcomes} == {"in_doubt"}
     assert emulator.requests_seen == 1  # never resent blindly
+
+
+def test_an_answer_that_is_not_http_leaves_the_batch_in_doubt_instead_of_crashing(
+    settings: Settings, smtp_server: SmtpServer
+) -> None:
+    """A host that answers the request in another protocol (here an SMTP server's banner) raised
+    ``http.client.BadStatusLine``, which is no ``OSError``: the batch crashed with its rows `sending`."""
+    config = settings.sendgrid.model_copy(
+        update={"host": f"http://{smtp_server.host}:{smtp_server.port}", "max_retries": 0, "timeout": 5.0}
+    )
+    transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), API_KEY)
+
+    outcomes = transport.send(make_batch(settings, emails(2)))
+
+    assert {o.status for o in outcomes} == {"in_doubt"}
+    assert "may have been accepted" in (outcomes[0].error or "")
 
 
 def test_a_slow_api_times_out_and_is_in_doubt_not_resent(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import http.client
 import logging
 import random
 import re
@@ -298,7 +299,8 @@ class SendGridTransport:
                     retry = _Retry(_error_text(exc), _server_wait(exc, self._clock()))
                 else:
                     return self._rejected(exc, envelopes)
-            except (OSError, urllib.error.URLError) as exc:  # timeouts, resets, refused connections
+            # Timeouts, resets, refused connections, and answers that are not HTTP at all (a wrong host).
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
                 if not _never_sent(exc):
                     reason = (
                         f"SendGrid: connection lost after sending ({exc}); the request may have been accepted"
