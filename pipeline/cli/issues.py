@@ -23,19 +23,32 @@ from pipeline.tokens import PREVIEW_ID, Signer, load_secret_key
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.option(
+    "--spam",
+    is_flag=True,
+    help="Also score each issue's message with SpamAssassin's local rules (about a second more).",
+)
 @pass_context
-def check(ctx: CliContext, paths: tuple[Path, ...], strict: bool) -> None:
+def check(ctx: CliContext, paths: tuple[Path, ...], strict: bool, spam: bool) -> None:
     """Check issue files before they are sent: schema, links, alt text, size, footer.
 
     PATHS are files or folders (default: every file in issues/). Prints one line per problem as
     FILE:LINE:COL: severity: FIELD: message, then a summary. Exits 1 on errors (or warnings with
     --strict), so it can guard commits and CI.
+
+    With --spam, each issue's message as a campaign sends it goes through SpamAssassin
+    (`spamassassin -L -t`, no network): every rule that adds points is a warning at the field
+    holding the text it matched. SpamAssassin takes about a second to start, so it is opt-in;
+    one run scores every file. Without SpamAssassin installed, a note says so and how to install it.
     """
     settings = ctx.settings
-    report = check_paths(issue_paths(paths, settings.path(settings.newsletter.issues_dir)), settings)
+    issues = issue_paths(paths, settings.path(settings.newsletter.issues_dir))
+    report = check_paths(issues, settings, spam=spam)
     for problem in report.problems:
         colour = "red" if problem.severity is Severity.ERROR else "yellow"
         console.print(Text(str(problem), style=colour), soft_wrap=True)
+    for note in report.notes:
+        console.print(Text(note, style="dim"), soft_wrap=True)
     summary = f"{report.files} file{'s' * (report.files != 1)} checked: {report.errors} error(s), {report.warnings} warning(s)"
     console.print(f"[bold {'red' if report.failed(strict) else 'green'}]{summary}[/]")
     if report.failed(strict):
