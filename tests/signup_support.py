@@ -4,7 +4,6 @@ uvicorn on a free port (what a browser or a stranger's script talks to), and pag
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pipeline.store.engine import Store
 from pipeline.web import create_app, server
 from pipeline.web.context import web_of
 from tests.system import free_port
+from tests.web_support import serving
 
 WAIT = 15.0
 """Seconds a test waits for the worker or a server (never asserted as a duration)."""
@@ -57,19 +57,9 @@ def live_app(settings: Settings, store: Store, **options: Any) -> Iterator[Live]
     newsletter = settings.newsletter.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
     configured = settings.model_copy(update={"newsletter": newsletter})
     app = create_app(configured, store, **options)
-    uvicorn_server = server(app, "127.0.0.1", port, access_log=False)
-    thread = threading.Thread(target=uvicorn_server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + WAIT
-        while not uvicorn_server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+    with serving(server(app, "127.0.0.1", port, access_log=False)):
         yield Live(app, configured)
         settle_app(app)
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(WAIT)
 
 
 @contextmanager

@@ -12,16 +12,12 @@ import logging
 import os
 import sqlite3
 import stat
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from alembic import command
 from alembic.config import Config
 from starlette.testclient import TestClient
@@ -41,7 +37,7 @@ from tests.fixtures.web import OpenClient
 from tests.mail import outbox_messages, outbox_transport, parse_message
 from tests.paths import REPO
 from tests.system import free_port
-from tests.web_support import heading, link_in, path_of, person
+from tests.web_support import heading, link_in, path_of, person, serving
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 WAIT = 30.0
@@ -276,22 +272,6 @@ def test_a_preview_link_signed_with_another_key_is_not_a_preview(
 
 
 # --- item 3: tokens in the access log ------------------------------------------------------------
-
-
-@contextmanager
-def serving(uvicorn_server: uvicorn.Server) -> Iterator[None]:
-    """``uvicorn_server`` running in a background thread until the block ends."""
-    thread = threading.Thread(target=uvicorn_server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + WAIT
-        while not uvicorn_server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(WAIT)
 
 
 def test_the_access_log_names_token_routes_without_their_tokens(

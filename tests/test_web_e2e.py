@@ -7,7 +7,6 @@ page may log an error (a CSP violation or a missing stylesheet shows up in the c
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import ConsoleMessage, Page, expect
 
 from pipeline.audience.subscribers import find_subscriber, subscriber_log
 from pipeline.dispatch.plan import plan_send, start_campaign
@@ -26,7 +25,7 @@ from pipeline.web import create_app, server
 from tests.mail import outbox_transport, parse_message
 from tests.system import free_port
 from tests.transport_helpers import ISSUE, dispatcher
-from tests.web_support import link_in, text_of
+from tests.web_support import link_in, serving, text_of
 
 ADDRESS = "reader@example.com"
 WAIT = 15.0
@@ -54,26 +53,8 @@ def live(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
     configured = settings.model_copy(update={"newsletter": newsletter})
     with open_store(configured) as store:
         uvicorn_server = server(create_app(configured, store), "127.0.0.1", port, access_log=False)
-        thread = threading.Thread(target=uvicorn_server.run, name="uvicorn", daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + WAIT
-            while not uvicorn_server.started:
-                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.02)
+        with serving(uvicorn_server):
             yield Live(configured, store, base_url)
-        finally:
-            uvicorn_server.should_exit = True
-            thread.join(WAIT)
-
-
-@pytest.fixture
-def page(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context()
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def wait_for_mail(folder: Path) -> EmailMessage:

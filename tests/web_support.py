@@ -4,11 +4,16 @@ subscribers and sends set up in bulk. The app and its client are fixtures: ``tes
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from html import unescape
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 from pipeline.audience.importer import import_csv
 from pipeline.audience.subscribers import Subscriber, add_subscriber
@@ -21,6 +26,23 @@ from tests.mail import outbox_transport
 from tests.transport_helpers import dispatcher
 
 BASE_URL = "https://news.example.org"
+SERVER_START_SECONDS = 30.0
+
+
+@contextmanager
+def serving(uvicorn_server: uvicorn.Server) -> Iterator[None]:
+    """``uvicorn_server`` running in a background thread until the block ends."""
+    thread = threading.Thread(target=uvicorn_server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while not uvicorn_server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(SERVER_START_SECONDS)
 
 
 def web_settings(settings: Settings, key: EventKey | None = None, **web: Any) -> Settings:
