@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.project",
     "tests.fixtures.store",
     "tests.fixtures.smtp",
+    "tests.fixtures.imap",
     "tests.fixtures.browser",
     "tests.fixtures.web",
 ]

@@ -57,12 +57,18 @@ def _toml_value(value: Any) -> str:
 
 
 def dump_settings(data: Mapping[str, Mapping[str, Any]]) -> str:
-    """The settings file as TOML: tables of scalars and lists, which is all settings.toml has."""
+    """The settings file as TOML: tables of scalars and lists, and tables within them ([bounces.imap]),
+    which is all settings.toml has."""
     lines = []
     for section, values in data.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [
+            f"{key} = {_toml_value(value)}" for key, value in values.items() if not isinstance(value, Mapping)
+        ]
         lines.append("")
+        inner = {f"{section}.{key}": value for key, value in values.items() if isinstance(value, Mapping)}
+        if inner:
+            lines.append(dump_settings(inner))
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from pipeline import __version__
+from pipeline.cli.bounces import bounces
 from pipeline.cli.context import CliContext, console_err
 from pipeline.cli.dns import dns
 from pipeline.cli.issues import check, new, render
@@ -74,6 +75,7 @@ cli.add_command(run)
 cli.add_command(status)
 cli.add_command(serve)
 cli.add_command(report)
+cli.add_command(bounces)
 cli.add_command(dns)
 
 

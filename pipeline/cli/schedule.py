@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from pipeline.cli.context import CliContext, console, pass_context, stop_on_signals
+from pipeline.feedback.bounces import tick_chore
 from pipeline.schedule.localtime import zone
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.status import Agenda, agenda
@@ -82,12 +83,14 @@ def run(ctx: CliContext, once: bool) -> None:
     (the scheduler was down) is recorded missed, not sent by surprise. Only one instance acts at a
     time (a lease in the store); others wait. SIGTERM or Ctrl-C finishes the batches in flight and
     exits cleanly. With --once the exit status is 1 if something failed, was missed or is in doubt,
-    and with -q it prints only when it did something (for cron).
+    and with -q it prints only when it did something (for cron). With bounces.every_tick it also
+    reads the bounce mailbox on every tick, as `newsletter bounces` does.
     """
     settings = ctx.settings
     tz_name = settings.schedule.timezone or settings.newsletter.timezone
     with open_store(settings) as store, stop_on_signals() as stop:
-        scheduler = Scheduler(store, settings, stop=stop)
+        chores = {"bounces": tick_chore(store, settings)} if settings.bounces.every_tick else None
+        scheduler = Scheduler(store, settings, stop=stop, chores=chores)
         if not once:
             scheduler.run_forever()
             return

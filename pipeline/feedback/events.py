@@ -1,5 +1,8 @@
 """SendGrid Event Webhook events → the store: each kept once, and the ones about consent acted upon.
 
+The bounce mailbox (``pipeline.feedback.bounces``) stores what it reads through the same
+``store_events``, so bounces and complaints reach reports and the health guard however they came.
+
 Every event lands in ``delivery_events`` once per ``sg_event_id``, tied to its campaign and subscriber
 through the ``custom_args`` the SendGrid transport sets (SendGrid copies them to each event's top
 level). An event without an ``sg_event_id`` is kept under a key derived from its content
@@ -67,7 +70,8 @@ _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
 @dataclass(frozen=True, slots=True)
 class ProviderEvent:
-    """One event as SendGrid reported it, reduced to what the store keeps."""
+    """One event as SendGrid reported it (or a bounce or complaint read from the mailbox), reduced to
+    what the store keeps."""
 
     kind: str
     sg_event_id: str
@@ -97,6 +101,8 @@ class Recorded:
     """Ledger rows in doubt that an event proved accepted: now sent."""
     campaigns: set[int] = field(default_factory=set)
     """Known campaigns the new events belong to (their health is worth a look)."""
+    new: set[str] = field(default_factory=set)
+    """The keys (``sg_event_id``) of the events stored now for the first time."""
 
 
 def load_post(body: bytes) -> list[Any]:
@@ -253,11 +259,13 @@ def _subscriber(event: ProviderEvent, known: _Known) -> int | None:
     return known.id_by_key.get(event.email_key) if event.email_key else None
 
 
-def _apply_status(store: Store, subscriber_id: int, event: ProviderEvent, campaign_id: int | None) -> bool:
+def _apply_status(
+    store: Store, subscriber_id: int, event: ProviderEvent, campaign_id: int | None, actor: str
+) -> bool:
     assert event.status is not None
     detail = {"event": event.kind, "campaign_id": campaign_id, "sg_event_id": event.sg_event_id}
     try:
-        return set_status(store, subscriber_id, event.status, actor=ACTOR, detail=detail)
+        return set_status(store, subscriber_id, event.status, actor=actor, detail=detail)
     except AudienceError:
         return False  # a move the library refuses (a complaint is final; erased meanwhile): never forced
 
@@ -265,20 +273,30 @@ def _apply_status(store: Store, subscriber_id: int, event: ProviderEvent, campai
 def _insert_new(dialect: str) -> Insert:
     """INSERT that skips rows whose ``sg_event_id`` is stored already (a concurrent retry of the post)."""
     statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(delivery_events)
-    return statement.on_conflict_do_nothing(index_elements=["sg_event_id"]).returning(delivery_events.c.id)
+    return statement.on_conflict_do_nothing(index_elements=["sg_event_id"]).returning(
+        delivery_events.c.sg_event_id
+    )
 
 
 def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None = None) -> Recorded:
     """Store a webhook post's events once each and apply the status changes the new ones call for."""
     now = now or utcnow()
+    parsed = [parse_event(item, now) for item in items]
+    result = store_events(store, [event for event in parsed if event is not None], now=now)
+    result.ignored += sum(event is None for event in parsed)
+    return result
+
+
+def store_events(
+    store: Store, items: Sequence[ProviderEvent], *, now: dt.datetime, actor: str = ACTOR
+) -> Recorded:
+    """Store events once each (by ``sg_event_id``) and apply the status changes the new ones call for,
+    as ``actor``; shared by the webhook and the bounce mailbox."""
     result = Recorded()
     events: list[ProviderEvent] = []
     seen: set[str] = set()
-    for item in items:
-        event = parse_event(item, now)
-        if event is None:
-            result.ignored += 1
-        elif event.sg_event_id in seen:
+    for event in items:
+        if event.sg_event_id in seen:
             result.duplicates += 1
         else:
             seen.add(event.sg_event_id)
@@ -295,7 +313,7 @@ def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None
         campaign_id = event.campaign_id if event.campaign_id in known.campaigns else None
         subscriber_id = _subscriber(event, known)
         if event.status is not None and subscriber_id is not None:
-            result.status_changes += _apply_status(store, subscriber_id, event, campaign_id)
+            result.status_changes += _apply_status(store, subscriber_id, event, campaign_id, actor)
         if campaign_id is not None:
             result.campaigns.add(campaign_id)
         rows.append(
@@ -312,9 +330,9 @@ def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None
         )
     if rows:
         with store.write() as conn:
-            inserted = len(conn.execute(_insert_new(conn.dialect.name), rows).all())
-        result.stored += inserted
-        result.duplicates += len(rows) - inserted
+            result.new = set(conn.scalars(_insert_new(conn.dialect.name), rows))
+        result.stored += len(result.new)
+        result.duplicates += len(rows) - len(result.new)
     result.settled = _settle_in_doubt(store, events, known)
     return result
 

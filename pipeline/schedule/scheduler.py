@@ -9,7 +9,9 @@ A tick (every ``schedule.tick_seconds``, driven by a ``schedule.Scheduler``; or 
    (unique per issue and segments) exactly as `newsletter send` would;
 3. sends every campaign the scheduler started that is not finished, oldest first, with the
    ``Dispatcher``: an interrupted one resumes, and per-recipient time-zone buckets go out as they
-   come due (rows left ``sending`` by a dead run become in doubt, never resent silently).
+   come due (rows left ``sending`` by a dead run become in doubt, never resent silently);
+4. does its ``chores``, such as reading the bounce mailbox (given by the caller: feedback is a stage
+   beside this one), each failure reported like an issue's.
 
 Time comes from an injected clock, so tests run a year of Tuesdays without sleeping.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import schedule
@@ -54,8 +56,10 @@ class Scheduler:
         stop: threading.Event | None = None,
         transports: Callable[[str], Transport] | None = None,
         holder: str | None = None,
+        chores: Mapping[str, Callable[[], None]] | None = None,
     ) -> None:
         self.store = store
+        self.chores = dict(chores or {})
         self.settings = settings
         self.config = settings.schedule
         self.clock: Clock = clock or SystemClock()
@@ -116,6 +120,9 @@ class Scheduler:
         report = TickReport(now)
         if self._hold(now, report):
             self._guarded(report, "scheduler", partial(self._work, now, report))
+            for name, chore in self.chores.items():
+                if not self.stop.is_set():
+                    self._guarded(report, name, chore)
         return report
 
     def _work(self, now: dt.datetime, report: TickReport) -> None:

@@ -190,6 +190,8 @@ deliveries = Table(
     CheckConstraint(one_of("status", DeliveryStatus), "status"),
     Index(None, "campaign_id", "subscriber_id", unique=True),
     Index(None, "campaign_id", "status", "id"),
+    Index(None, "message_id"),  # a bounce without a VERP token names its message by Message-ID
+    Index(None, "subscriber_id", "claimed_at"),  # a person's last messages (soft bounces in a row)
 )
 
 dispatch_runs = Table(
