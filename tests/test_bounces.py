@@ -122,10 +122,11 @@ def test_every_fixture_is_expected_to_read_one_way_or_another() -> None:
     assert set(FIXTURES) == set(EXPECTED) | NO_REPORT
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_each_provider_shape_reads_as_what_happened_and_names_the_message(name: str) -> None:
+def test_each_provider_shape_reads_as_what_happened_and_names_the_message(name: str, newline: bytes) -> None:
     form, kind, status = EXPECTED[name]
-    report = dsn.read_report(filled(name))
+    report = dsn.read_report(filled(name).replace(b"\n", newline))
 
     assert report.form == form
     assert [(f.kind, f.status) for f in report.findings] == [(kind, status)]
@@ -413,9 +414,11 @@ def test_delays_blocks_and_mail_that_is_no_report(
         ("Ana Example <cy@example.com>", "Automatic reply: Name it to tame it")
     ]
     # What was read moved to .Processed (marked seen); the auto-reply waits in the inbox for a person.
-    assert len(box.box.get_folder("Processed")) == 2
-    assert all("S" in m.get_flags() for m in box.box.get_folder("Processed"))
-    assert [m["Subject"] for m in box.box] == ["Automatic reply: Name it to tame it"]
+    # Read back by the standard library's Maildir, as a mail client or Dovecot would see the folder.
+    folder = mailbox.Maildir(box.path, create=False)
+    assert len(folder.get_folder("Processed")) == 2
+    assert all("S" in m.get_flags() for m in folder.get_folder("Processed"))
+    assert [m["Subject"] for m in folder] == ["Automatic reply: Name it to tame it"]
     assert status(store, ana.email) == SubscriberStatus.ACTIVE
 
 

@@ -199,6 +199,8 @@ def _fields_text(part: Message) -> str:
 
 def _blocks(part: Message) -> list[Message]:
     """The field blocks of a delivery-status part (message/global-delivery-status too, RFC 6533)."""
+    if part.get_content_type() == "message/delivery-status" and part.is_multipart():
+        return _parts(part)  # split by the email package already
     parser = HeaderParser(policy=policy.compat32)
     chunks = re.split(r"\r?\n[ \t]*\r?\n", _fields_text(part).strip())
     return [parser.parsestr(chunk.strip() + "\n") for chunk in chunks if chunk.strip()]
@@ -250,10 +252,8 @@ def _daemon_notice(message: Message) -> Report:
     copy = _COPY_FOLLOWS.search(text)
     notice, returned = (text[: copy.start()], text[copy.end() :]) if copy else (text, "")
     marks = list(_DAEMON_RECIPIENT.finditer(notice))
-    spans = [
-        (m[1], notice[m.end() : nxt.start() if nxt else len(notice)])
-        for m, nxt in zip(marks, [*marks[1:], None], strict=True)
-    ]
+    ends = [mark.start() for mark in marks[1:]] + [len(notice)]
+    spans = [(mark[1], notice[mark.end() : end]) for mark, end in zip(marks, ends, strict=True)]
     findings = []
     for address, said in spans or [(None, notice)]:
         reply = _REPLY.search(said)
@@ -307,9 +307,10 @@ def _text(part: Message) -> str:
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, "replace")
+        text = payload.decode(charset, "replace")
     except LookupError:  # a charset Python does not know
-        return payload.decode("utf-8", "replace")
+        text = payload.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")  # mail as stored by IMAP servers and most Maildirs: CRLF
 
 
 def _typed(value: object) -> str | None:

@@ -7,7 +7,8 @@ Messages that are no report are never moved: they stay where they arrived, for a
 IMAP messages are fetched with ``BODY.PEEK`` (nothing is marked read on the way), then marked
 ``\\Seen`` and moved with ``UID MOVE`` (RFC 6851, offered by Gmail, Outlook.com, Yahoo, Dovecot and
 Cyrus), which moves them in one step: no message is ever in both folders, or in neither. A Maildir's
-processed folder is its Maildir++ subfolder (``.Processed``); an mbox's is a second mbox beside it.
+processed folder is its Maildir++ subfolder (``.Processed``, each message renamed into it); an mbox's
+is a second mbox beside it (the standard library's ``mailbox``, which locks it as MTAs do).
 The password comes from ``IMAP_PASSWORD`` and appears in no message.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import mailbox
+import os
 import re
 import ssl
 from collections.abc import Sequence
@@ -177,32 +179,39 @@ class ImapMailbox:
 
 
 class MaildirMailbox:
+    """A Maildir read as files: each message is one, and done ones are renamed (atomically, never
+    copied) into the Maildir++ subfolder ``.FOLDER`` with the Seen flag, as Dovecot and mail clients
+    read it."""
+
     def __init__(self, path: Path, processed: str) -> None:
         if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
             raise SettingsError(f"bounces.path: {path} is not a Maildir (it needs cur/, new/ and tmp/)")
         self.where = str(path)
-        self.box = mailbox.Maildir(path, factory=None, create=False)
-        self.processed = processed
+        self.path = path
+        self.target = path / f".{processed}"
 
     def pending(self) -> list[str]:
-        return sorted(self.box.iterkeys())
+        return [
+            f"{sub}/{entry.name}"
+            for sub in ("new", "cur")
+            for entry in sorted(os.scandir(self.path / sub), key=lambda e: e.name)
+            if entry.is_file() and not entry.name.startswith(".")
+        ]
 
     def fetch(self, refs: Sequence[str]) -> list[Mail]:
-        return [Mail(ref, self.box.get_bytes(ref)) for ref in refs]
+        return [Mail(ref, (self.path / ref).read_bytes()) for ref in refs]
 
     def done(self, refs: Sequence[str]) -> None:
-        try:
-            folder = self.box.get_folder(self.processed)
-        except mailbox.NoSuchMailboxError:
-            folder = self.box.add_folder(self.processed)
+        for sub in ("cur", "new", "tmp"):
+            (self.target / sub).mkdir(parents=True, exist_ok=True)
+        (self.target / "maildirfolder").touch()
         for ref in refs:
-            message = self.box.get_message(ref)
-            message.add_flag("S")
-            folder.add(message)
-            self.box.discard(ref)
+            name, _, flags = ref.partition("/")[2].partition(":2,")
+            seen = "".join(sorted(set(flags) | {"S"}))
+            os.rename(self.path / ref, self.target / "cur" / f"{name}:2,{seen}")
 
     def close(self) -> None:
-        self.box.close()
+        return None  # nothing held open between calls
 
 
 class MboxMailbox:
