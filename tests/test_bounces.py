@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mailbox
 import re
 import tomllib
@@ -22,8 +23,8 @@ from pipeline.audience.subscribers import (
 )
 from pipeline.dispatch import campaigns
 from pipeline.feedback import dsn
-from pipeline.feedback.bounces import process_mailbox
-from pipeline.feedback.mailbox import MaildirMailbox
+from pipeline.feedback.bounces import process_mailbox, tick_chore
+from pipeline.feedback.mailbox import MaildirMailbox, uid_set
 from pipeline.feedback.reports import campaign_stats
 from pipeline.render.links import Links
 from pipeline.settings import Settings
@@ -614,3 +615,29 @@ def test_a_local_maildir_or_mbox_is_read_the_same_way(sent_by_smtp: MailProject,
     )
     with closing(processed):
         assert len(processed) == 2
+
+
+def test_every_tick_a_message_left_in_the_mailbox_is_reported_once(
+    store: Store,
+    verp_settings: Settings,
+    readers: list[str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent = send(store, verp_settings)
+    maildir(verp_settings.root, bounce("auto-reply.eml", sent["cy@example.com"]))
+    chore = tick_chore(store, verp_settings)
+    with caplog.at_level(logging.INFO, logger="pipeline.feedback.bounces"):
+        chore()
+        chore()
+        maildir(verp_settings.root, bounce("gmail-hard.eml", sent["ana@example.com"]))
+        chore()
+
+    left = [r for r in caplog.records if "left in the mailbox" in r.getMessage()]
+    summaries = [r.getMessage() for r in caplog.records if " read from " in r.getMessage()]
+    assert len(left) == 1
+    assert len(summaries) == 2 and "1 hard" in summaries[1]  # the quiet second tick logged nothing
+
+
+def test_uid_sets_stay_short() -> None:
+    assert uid_set(["7", "1", "2", "3", "9", "10", "3"]) == "1:3,7,9:10"

@@ -131,12 +131,18 @@ def tick_chore(store: Store, settings: Settings) -> Callable[[], None]:
     if settings.bounces.mailbox is None:
         raise SettingsError("bounces.every_tick: on, but bounces.mailbox is not set")
 
+    told: set[str] = set()
+    """Messages left in the mailbox that were logged already: once each, not once a minute."""
+
     def chore() -> None:
         run = read_mailbox(store, settings)
-        if run.read:
+        new = [unread for unread in run.unknown if unread.ref not in told]
+        if run.read > len(run.unknown) - len(new):
             log.info("%s", summary(run))
-        for unread in run.unknown:
+        for unread in new:
             log.warning("%s: left in the mailbox: %s", run.where, describe(unread))
+        told.clear()
+        told.update(unread.ref for unread in run.unknown)
         for campaign_id, reason in run.paused:
             log.warning("campaign %s %s", campaign_id, reason)
 
@@ -145,10 +151,10 @@ def tick_chore(store: Store, settings: Settings) -> Callable[[], None]:
 
 def summary(run: BounceRun) -> str:
     """One line: ``12 read from WHERE: 3 hard, 2 soft, 1 complaint, 1 blocked; 4 ignored (…); 1 unknown``."""
-    counts = ", ".join(
-        f"{run.counts[label]:,} {'complaint' if label == 'complaints' and run.counts[label] == 1 else label}"
-        for label in COUNTED.values()
-    )
+    shown = {
+        label: label.removesuffix("s") if run.counts[label] == 1 else label for label in COUNTED.values()
+    }
+    counts = ", ".join(f"{run.counts[label]:,} {shown[label]}" for label in COUNTED.values())
     ignored = sum(run.ignored.values())
     why = ", ".join(f"{n:,} {label}" for label, n in sorted(run.ignored.items()))
     line = f"{run.read:,} read from {run.where}: {counts}; {ignored:,} ignored" + (f" ({why})" if why else "")
@@ -327,23 +333,8 @@ class _Lookup:
     def __init__(self, reader: _Reader, reports: Sequence[dsn.Report]) -> None:
         self.reader = reader
         signer = reader.store.signer
-        self.tokens: dict[int, list[str]] = {}
-        if reader.return_path is not None:
-            for report in reports:
-                for address in report.envelope:
-                    token = reader.return_path.token_in(address)
-                    if token is not None:
-                        try:
-                            self.tokens.setdefault(compact_claim(token), []).append(token)
-                        except TokenError:
-                            continue
-        self.unsubscribe: dict[int, list[str]] = {}
-        for report in reports:
-            for token in reader.unsubscribe.findall(report.returned_unsubscribe or ""):
-                try:
-                    self.unsubscribe.setdefault(signer.claimed_id(token), []).append(token)
-                except TokenError:
-                    continue
+        claimed_rows = {_claim(compact_claim, t) for r in reports for t in self.verp_tokens(r)} - {None}
+        claimed_people = {_claim(signer.claimed_id, t) for r in reports for t in self.link_tokens(r)} - {None}
         message_ids = {r.returned_message_id for r in reports if r.returned_message_id}
         keys = {_key(a) for r in reports for f in r.findings for a in f.addresses} - {None}
         d, s = deliveries.c, subscribers.c
@@ -353,7 +344,7 @@ class _Lookup:
         self.emails: dict[int, str] = {}
         self.by_key: dict[str, int] = {}
         with reader.store.read() as conn:
-            for ids in in_chunks(set(self.tokens)):
+            for ids in in_chunks(claimed_rows):
                 for delivery_id, campaign_id, subscriber_id, email in conn.execute(
                     select(*columns).where(d.id.in_(ids))
                 ):
@@ -364,7 +355,7 @@ class _Lookup:
                 ):
                     row = _Row(delivery_id, campaign_id, subscriber_id, email)
                     self.by_message_id.setdefault(message_id, []).append(row)
-            for people in in_chunks(set(self.unsubscribe)):
+            for people in in_chunks(claimed_people):
                 self.emails.update(
                     (i, e) for i, e in conn.execute(select(s.id, s.email).where(s.id.in_(people)))
                 )
@@ -372,15 +363,22 @@ class _Lookup:
                 query = select(s.email_key, s.id).where(s.email_key.in_(addresses))
                 self.by_key.update((key, i) for key, i in conn.execute(query))
 
+    def verp_tokens(self, report: dsn.Report) -> list[str]:
+        """The tokens of the VERP addresses the report was sent to or for (none while VERP is off)."""
+        path = self.reader.return_path
+        found = [path.token_in(address) for address in report.envelope] if path else []
+        return [token for token in found if token]
+
+    def link_tokens(self, report: dsn.Report) -> list[str]:
+        """The tokens of the unsubscribe links in the returned message's List-Unsubscribe."""
+        return list(self.reader.unsubscribe.findall(report.returned_unsubscribe or ""))
+
     def row_of(self, report: dsn.Report) -> _Row | None:
         """The ledger row a report is about: by its VERP token, else by the returned Message-ID."""
-        path = self.reader.return_path
-        if path is not None:
-            for address in report.envelope:
-                token = path.token_in(address)
-                row = self._verified_row(token) if token else None
-                if row is not None:
-                    return row
+        for token in self.verp_tokens(report):
+            row = self._verified_row(token)
+            if row is not None:
+                return row
         rows = self.by_message_id.get(report.returned_message_id or "", [])
         return rows[0] if len(rows) == 1 else None
 
@@ -398,7 +396,7 @@ class _Lookup:
         """(subscriber id, address key) of a report not tied to its row: by the unsubscribe link, else
         by the recipient address it names."""
         signer = self.reader.store.signer
-        for token in self.reader.unsubscribe.findall(report.returned_unsubscribe or ""):
+        for token in self.link_tokens(report):
             try:
                 subscriber_id = signer.claimed_id(token)
                 email = self.emails.get(subscriber_id)
@@ -414,6 +412,14 @@ class _Lookup:
             key = _key(address)
             if key is not None and key in self.by_key:
                 return self.by_key[key], key
+        return None
+
+
+def _claim(claimed: Callable[[str], int], token: str) -> int | None:
+    """The number a token claims (unchecked: it says which row to verify it against), or None."""
+    try:
+        return claimed(token)
+    except TokenError:
         return None
 
 

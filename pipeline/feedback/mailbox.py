@@ -150,14 +150,22 @@ class ImapMailbox:
         if not [item for item in listed if item]:
             self._check(self.connection.create(_quoted(name)), f"CREATE {name}")
 
+    def _uid(self, command: str, *args: str) -> list[Any]:
+        """``UID command args``; a refusal or a dropped connection is an error naming the mailbox (what
+        was recorded before it stays recorded, and the next run reads the rest)."""
+        try:
+            return self._check(self.connection.uid(command, *args), command)
+        except (imaplib.IMAP4.error, OSError) as exc:
+            raise SettingsError(f"bounces.imap: {self.where}: {exc}") from None
+
     def pending(self) -> list[str]:
-        data = self._check(self.connection.uid("SEARCH", "UNDELETED"), "SEARCH")
+        data = self._uid("SEARCH", "UNDELETED")
         return [ref.decode("ascii") for ref in b" ".join(data).split()]
 
     def fetch(self, refs: Sequence[str]) -> list[Mail]:
         if not refs:
             return []
-        data = self._check(self.connection.uid("FETCH", uid_set(refs), "(UID BODY.PEEK[])"), "FETCH")
+        data = self._uid("FETCH", uid_set(refs), "(UID BODY.PEEK[])")
         found: list[Mail] = []
         for item in data:
             if isinstance(item, tuple) and (uid := _UID.search(item[0])):
@@ -168,10 +176,8 @@ class ImapMailbox:
         if not refs:
             return
         refs_set = uid_set(refs)
-        self._check(self.connection.uid("STORE", refs_set, "+FLAGS.SILENT", r"(\Seen)"), "STORE")
-        self._check(
-            self.connection.uid("MOVE", refs_set, _quoted(self.processed)), f"MOVE to {self.processed}"
-        )
+        self._uid("STORE", refs_set, "+FLAGS.SILENT", r"(\Seen)")
+        self._uid("MOVE", refs_set, _quoted(self.processed))
 
     def close(self) -> None:
         with contextlib.suppress(imaplib.IMAP4.error, OSError):  # already gone: no goodbye to say
