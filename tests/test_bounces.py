@@ -312,8 +312,11 @@ def test_a_forged_or_reused_token_names_nobody(
     reused = ReturnPath(RETURN_PATH, store.signer).for_delivery(ana.delivery_id, "bo@example.com")
     anonymous = sample_message("x@example.org")  # no Message-ID, no link: only the token could tell
     reports = [
-        bounce("postfix-hard.eml", ana, verp=v, rcpt="x@example.org", sent=anonymous)
-        for v in (forged, reused)
+        bounce("postfix-hard.eml", ana, verp=verp, rcpt="x@example.org", sent=anonymous).replace(
+            b"Message-Id: <",
+            f"Message-Id: <{n}.".encode(),  # two reports, each with its own id
+        )
+        for n, verp in enumerate((forged, reused))
     ]
     run = process_mailbox(store, verp_settings, maildir(tmp_path, *reports))
 
@@ -370,7 +373,8 @@ def test_a_report_read_again_counts_once(
 ) -> None:
     sent = send(store, verp_settings)
     report = bounce("gmail-hard.eml", sent["ana@example.com"])
-    process_mailbox(store, verp_settings, maildir(tmp_path / "first", report))
+    first = process_mailbox(store, verp_settings, maildir(tmp_path / "first", report, report))
+    assert first.counts == Counter(hard=1) and first.ignored == Counter({"already counted": 1})
     before = snapshot(store)
     # A crash between recording and moving leaves the report in the mailbox: the next run reads it
     # again, and a provider may send the same bounce twice.

@@ -217,13 +217,16 @@ class _Reader:
                 run.unknown.append(_unreadable(mail, str(exc)))
                 left.add(mail.ref)
         lookup = _Lookup(self, [report for _mail, report in reports])
-        found = [item for mail, report in reports for item in self._events(mail, report, lookup, now, run)]
+        found = [item for mail, report in reports for item in self._events(mail, report, lookup, now)]
         recorded = store_events(self.store, [item.event for item in found], now=now, actor=ACTOR)
         run.status_changes += recorded.status_changes
+        counted: set[str] = set()
         for item in found:
-            if item.event.sg_event_id not in recorded.new:
+            if item.event.sg_event_id not in recorded.new or item.event.sg_event_id in counted:
                 run.ignored["already counted"] += 1
-            elif item.label in COUNTED.values():
+                continue
+            counted.add(item.event.sg_event_id)
+            if item.label in COUNTED.values():
                 run.counts[item.label] += 1
             else:
                 run.ignored[item.label] += 1
@@ -234,9 +237,7 @@ class _Reader:
                 run.paused.append((campaign_id, reason))
         return left
 
-    def _events(
-        self, mail: Mail, report: dsn.Report, lookup: _Lookup, now: dt.datetime, run: BounceRun
-    ) -> list[_Found]:
+    def _events(self, mail: Mail, report: dsn.Report, lookup: _Lookup, now: dt.datetime) -> list[_Found]:
         """The events of one report: one for its ledger row when it is tied to one, else one per finding."""
         row = lookup.row_of(report)
         occurred = report.date.astimezone(dt.UTC) if report.date else now
