@@ -7,11 +7,14 @@ import mailbox
 import re
 import tomllib
 from collections import Counter
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from pipeline.audience.subscribers import (
@@ -645,3 +648,91 @@ def test_every_tick_a_message_left_in_the_mailbox_is_reported_once(
 
 def test_uid_sets_stay_short() -> None:
     assert uid_set(["7", "1", "2", "3", "9", "10", "3"]) == "1:3,7,9:10"
+
+
+MUTATIONS = st.lists(
+    st.tuples(
+        st.floats(0, 1),
+        st.sampled_from(["set", "cut", "insert"]),
+        st.sampled_from(
+            [
+                b"\n",
+                b"\r\n",
+                b"\x00",
+                b"\xff\xfe",
+                b"\xc3\xa9",
+                b"=?utf-8?b?",
+                b"--",
+                b";",
+                b'"',
+                b"<",
+                b"(",
+                b"report-type*=utf-8''x",
+                b"Content-Type: message/global-delivery-status; charset=\x00\n",
+                b"Content-Transfer-Encoding: base64\n",
+                b"Content-Type: message/feedback-report\n\n",
+            ]
+        ),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(FIXTURES), mutations=MUTATIONS)
+def test_a_mangled_report_is_read_or_refused_but_never_crashes_the_reader(
+    name: str, mutations: list[tuple[float, str, bytes]]
+) -> None:
+    raw = bytearray(filled(name))
+    for where, how, piece in mutations:
+        at = int(where * (len(raw) - 1))
+        if how == "set":
+            raw[at : at + 1] = piece[:1]
+        elif how == "cut":
+            del raw[at : at + len(piece) * 20]
+        else:
+            raw[at:at] = piece
+    with suppress(dsn.NotAReport):  # left in the mailbox for a person: the one way a report may fail
+        dsn.read_report(bytes(raw))
+
+
+def test_hostile_values_in_a_report_change_nobody_and_stop_nothing(
+    store: Store, verp_settings: Settings, readers: list[str], tmp_path: Path
+) -> None:
+    sent = send(store, verp_settings)
+    ana = sent["ana@example.com"]
+    stranger = Signer(b"somebody-else-s-key-0123456789abcdef")
+    huge_row = ReturnPath(RETURN_PATH, stranger).for_delivery(2**64 - 1, ana.email)  # past any id
+    huge_link = f"https://news.example.org/u/{stranger.sign('unsubscribe', 10**30, address=ana.email)}"
+    copy = sample_message("x@example.org", message_id="<m1\x00@x>", unsubscribe=huge_link)
+    reports = [
+        bounce("postfix-hard.eml", ana, verp=huge_row, rcpt="x\x00@example.org", sent=copy),
+        bounce("gmail-hard.eml", ana, verp=huge_row, rcpt="ana@example.com\x00", sent=copy),
+    ]
+    before = {email: status(store, email) for email in readers}
+    run = process_mailbox(store, verp_settings, maildir(tmp_path, *reports))
+
+    assert run.read == 2 and run.ignored == Counter({"nobody on the list": 2}) and not run.unknown
+    assert {email: status(store, email) for email in readers} == before
+
+
+def nested_parts(depth: int) -> bytes:
+    """A mailer daemon's message whose parts nest ``depth`` deep: a MIME bomb of a few dozen KB."""
+    opening = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)
+    )
+    closing = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(depth)))
+    head = b"From: MAILER-DAEMON@mail.example.net\r\nSubject: nested\r\nMIME-Version: 1.0\r\n"
+    return head + opening + b"Content-Type: text/plain\r\n\r\n550 5.1.1 gone\r\n" + closing
+
+
+def test_parts_nested_too_deeply_are_left_in_the_mailbox_not_a_crash(
+    store: Store, verp_settings: Settings, readers: list[str], tmp_path: Path
+) -> None:
+    sent = send(store, verp_settings)
+    box = maildir(tmp_path, nested_parts(5000), bounce("gmail-hard.eml", sent["ana@example.com"]))
+    run = process_mailbox(store, verp_settings, box)
+
+    assert [u.why for u in run.unknown] == ["parts nested too deeply to read"]
+    assert run.counts == Counter(hard=1)

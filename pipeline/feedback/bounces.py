@@ -45,7 +45,7 @@ from pipeline.audience.fields import is_control, parse_email
 from pipeline.audience.subscribers import set_status
 from pipeline.errors import AudienceError, SettingsError, TokenError
 from pipeline.feedback import dsn, health
-from pipeline.feedback.events import STATUS_BY_KIND, ProviderEvent, Recorded, scrub, store_events
+from pipeline.feedback.events import MAX_ID, STATUS_BY_KIND, ProviderEvent, Recorded, scrub, store_events
 from pipeline.feedback.mailbox import Mail, Mailbox, open_mailbox
 from pipeline.render.links import UNSUBSCRIBE
 from pipeline.settings import Settings
@@ -384,10 +384,10 @@ class _Lookup:
         return rows[0] if len(rows) == 1 else None
 
     def _verified_row(self, token: str) -> _Row | None:
+        row = self.rows.get(_claim(compact_claim, token) or 0)
+        if row is None:
+            return None
         try:
-            row = self.rows.get(compact_claim(token))
-            if row is None:
-                return None
             self.reader.store.signer.verify_compact(PURPOSE, token, address=row.email)
         except TokenError:
             return None  # forged, mangled, or the row's address was erased since
@@ -417,11 +417,13 @@ class _Lookup:
 
 
 def _claim(claimed: Callable[[str], int], token: str) -> int | None:
-    """The number a token claims (unchecked: it says which row to verify it against), or None."""
+    """The id a token claims (unchecked: it says which row to verify it against), or None when it is
+    malformed or no id the store can hold."""
     try:
-        return claimed(token)
+        number = claimed(token)
     except TokenError:
         return None
+    return number if 0 < number <= MAX_ID else None
 
 
 def _key(address: str) -> str | None:

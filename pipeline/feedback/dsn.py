@@ -59,6 +59,7 @@ _COPY_FOLLOWS = re.compile(
 )
 _QUOTED_HEADER = r"^{name}:[ \t]*(.+(?:\r?\n[ \t]+.+)*)"
 _SPACES = re.compile(r"\s+")
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 
 
 class NotAReport(ValueError):
@@ -133,8 +134,18 @@ def classify(action: str, status: str | None) -> str:
 
 
 def read_report(raw: bytes) -> Report:
-    """The report in ``raw``; ``NotAReport`` saying why when it is none."""
-    message = BytesParser(policy=policy.compat32).parsebytes(raw)
+    """The report in ``raw``; ``NotAReport`` saying why when it is none.
+
+    The email package reads nested parts recursively: a message nested a thousand parts deep (a
+    few dozen kilobytes) would exhaust the stack, so it is refused, never a crash of the run.
+    """
+    try:
+        return _read(BytesParser(policy=policy.compat32).parsebytes(raw))
+    except RecursionError:
+        raise NotAReport("parts nested too deeply to read") from None
+
+
+def _read(message: Message) -> Report:
     report = _find_report(message)
     if report is not None:
         kind = collapse_rfc2231_value(report.get_param("report-type") or "").lower()
@@ -143,9 +154,9 @@ def read_report(raw: bytes) -> Report:
         if kind == "feedback-report":
             return _feedback_report(message, report)
         raise NotAReport(f"a multipart/report of type '{kind}', neither delivery-status nor feedback-report")
-    jmrp = next((part for part in _attached(message) if part.get("X-HmXmrOriginalRecipient")), None)
+    jmrp = next((part for part in _attached(message) if _header(part, "X-HmXmrOriginalRecipient")), None)
     if jmrp is not None:
-        reported = _addresses(jmrp.get_all("X-HmXmrOriginalRecipient") or [])
+        reported = _addresses(_headers(jmrp, "X-HmXmrOriginalRecipient"))
         finding = Finding(COMPLAINT, reported, None, "abuse (Microsoft JMRP)")
         return _report(message, "jmrp", jmrp, (finding,))
     return _daemon_notice(message)
@@ -211,33 +222,31 @@ def _delivery_status(message: Message, report: Message) -> Report:
     per_message, recipients = (blocks[0], blocks[1:]) if blocks else (Message(), [])
     findings = []
     for block in recipients:
-        action, status = block.get("Action"), block.get("Status")
+        action, status = _header(block, "Action"), _header(block, "Status")
         if action is None:
             continue
-        diagnostic = _typed(block.get("Diagnostic-Code"))
+        diagnostic = _typed(_header(block, "Diagnostic-Code"))
         addresses = _addresses(
-            [_typed(block.get(name)) or "" for name in ("Original-Recipient", "Final-Recipient")]
+            [_typed(_header(block, name)) or "" for name in ("Original-Recipient", "Final-Recipient")]
         )
         findings.append(Finding(classify(action, status), addresses, _status(status), diagnostic or status))
     if not findings:
         raise NotAReport("a delivery status notification that names no recipient")
-    extra = [_typed(per_message.get("X-Postfix-Sender")) or ""]
+    extra = [_typed(_header(per_message, "X-Postfix-Sender")) or ""]
     return _report(message, "delivery-status", _returned(report), tuple(findings), extra)
 
 
 def _feedback_report(message: Message, report: Message) -> Report:
     part = _report_part(report, "message/feedback-report")
     fields = HeaderParser(policy=policy.compat32).parsestr(_fields_text(part).strip() + "\n")
-    feedback_type = _SPACES.sub(" ", fields.get("Feedback-Type") or "").strip().lower()
+    feedback_type = _SPACES.sub(" ", _header(fields, "Feedback-Type") or "").strip().lower()
     if not feedback_type:
         raise NotAReport("a feedback report without a Feedback-Type")
-    agent = _SPACES.sub(" ", fields.get("User-Agent") or "").strip()
+    agent = _SPACES.sub(" ", _header(fields, "User-Agent") or "").strip()
     kind = COMPLAINT if feedback_type in COMPLAINT_TYPES else OTHER
-    reported = _addresses(
-        [*(fields.get_all("Original-Rcpt-To") or []), *(fields.get_all("Removal-Recipient") or [])]
-    )
+    reported = _addresses([*_headers(fields, "Original-Rcpt-To"), *_headers(fields, "Removal-Recipient")])
     reason = f"{feedback_type} ({agent})" if agent else feedback_type
-    extra = fields.get_all("Original-Mail-From") or []
+    extra = _headers(fields, "Original-Mail-From")
     return _report(
         message, "feedback-report", _returned(report), (Finding(kind, reported, None, reason),), extra
     )
@@ -245,14 +254,14 @@ def _feedback_report(message: Message, report: Message) -> Report:
 
 def _daemon_notice(message: Message) -> Report:
     """A mailer daemon's plain-text bounce: each ``<address>:`` line and the SMTP reply under it."""
-    sender = parseaddr(message.get("From") or "")[1].lower()
+    sender = parseaddr(_header(message, "From") or "")[1].lower()
     if sender.partition("@")[0] not in DAEMONS:
         raise NotAReport("not a delivery status notification or feedback report")
     text = next((_text(part) for part in message.walk() if part.get_content_type() == "text/plain"), "")
     copy = _COPY_FOLLOWS.search(text)
     notice, returned = (text[: copy.start()], text[copy.end() :]) if copy else (text, "")
     marks = list(_DAEMON_RECIPIENT.finditer(notice))
-    ends = [mark.start() for mark in marks[1:]] + [len(notice)]
+    ends = [mark.start() for mark in marks[1:]] + [len(notice)] if marks else []
     spans = [(mark[1], notice[mark.end() : end]) for mark, end in zip(marks, ends, strict=True)]
     findings = []
     for address, said in spans or [(None, notice)]:
@@ -285,19 +294,31 @@ def _report(
     findings: tuple[Finding, ...],
     extra_envelope: list[str] | None = None,
 ) -> Report:
-    values = [value for name in ENVELOPE_HEADERS for value in message.get_all(name) or []]
+    values = [value for name in ENVELOPE_HEADERS for value in _headers(message, name)]
     values += extra_envelope or []
     if returned is not None:
-        values += returned.get_all("Return-Path") or []
+        values += _headers(returned, "Return-Path")
     return Report(
         form=form,
-        message_id=_one_line(message.get("Message-ID")),
-        date=_date(message.get("Date")),
+        message_id=_message_id(_header(message, "Message-ID")),
+        date=_date(_header(message, "Date")),
         envelope=_addresses(values),
-        returned_message_id=_one_line(returned.get("Message-ID")) if returned is not None else None,
-        returned_unsubscribe=_one_line(returned.get("List-Unsubscribe")) if returned is not None else None,
+        returned_message_id=_message_id(_header(returned, "Message-ID")) if returned is not None else None,
+        returned_unsubscribe=_one_line(_header(returned, "List-Unsubscribe"))
+        if returned is not None
+        else None,
         findings=findings,
     )
+
+
+def _header(message: Message, name: str) -> str | None:
+    """A header as text: the legacy policy hands headers with 8-bit bytes over as ``Header`` objects."""
+    value = message.get(name)
+    return None if value is None else str(value)
+
+
+def _headers(message: Message, name: str) -> list[str]:
+    return [str(value) for value in message.get_all(name) or []]
 
 
 def _text(part: Message) -> str:
@@ -308,7 +329,7 @@ def _text(part: Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         text = payload.decode(charset, "replace")
-    except LookupError:  # a charset Python does not know
+    except (LookupError, ValueError):  # a charset Python does not know, or no charset name at all
         text = payload.decode("utf-8", "replace")
     return text.replace("\r\n", "\n")  # mail as stored by IMAP servers and most Maildirs: CRLF
 
@@ -339,6 +360,13 @@ def _one_line(value: object) -> str | None:
     if value is None:
         return None
     return _SPACES.sub(" ", str(value)).strip() or None
+
+
+def _message_id(value: str | None) -> str | None:
+    """A Message-ID as RFC 5322 writes it (``<left@right>``, printable ASCII, no spaces), else None:
+    nothing else can be one of ours, and nothing else is worth a look-up."""
+    text = _one_line(value)
+    return text if text and _MESSAGE_ID.fullmatch(text) else None
 
 
 def _date(value: object) -> dt.datetime | None:
