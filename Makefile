@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/audience.py
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/dkim.py
+	$(BIN)/python bench/bounces.py
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache
