@@ -224,3 +224,20 @@ def test_recipient_addresses_stay_out_of_the_logs_even_with_the_library_at_debug
     assert payload_lines and "not logged" in payload_lines[0]
     assert not any(address in caplog.text for address in emails(3))
     assert emulator.recipients() == emails(3)
+
+
+def test_a_stored_name_with_control_characters_reaches_no_request_raw(
+    settings: Settings, emulator: SendGridEmulator
+) -> None:
+    """Issue 12 item 10 on the SendGrid path: a name stored before imports refused control characters
+    (NUL, ESC) goes out without them, as the SMTP and outbox To: header does."""
+    transport, _ = transport_for(settings, emulator)
+    batch = make_batch(settings, emails(1))
+    envelope = batch.envelopes[0]
+    named = envelope.recipient._replace(name="Ana\x00 \x1b[31mLima")
+    batch = type(batch)(
+        batch.campaign_id, batch.rendered, batch.message, [envelope._replace(recipient=named)]
+    )
+
+    assert transport.send(batch)[0].status == "sent"
+    assert emulator.messages[0].personalizations[0]["to"][0]["name"] == "Ana [31mLima"

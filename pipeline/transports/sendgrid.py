@@ -31,7 +31,7 @@ from sendgrid import SendGridAPIClient
 
 from pipeline.errors import SettingsError
 from pipeline.render.addresses import AddressError, ascii_address
-from pipeline.render.message import list_unsubscribe, static_list_headers
+from pipeline.render.message import display_name, list_unsubscribe, static_list_headers
 from pipeline.render.renderer import PERSONAL_FIELDS
 from pipeline.settings import SendGridSettings, Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats, all_outcomes
@@ -365,10 +365,9 @@ class SendGridTransport:
 
 
 def _display_name(name: str | None) -> str | None:
-    """SendGrid refuses ``to.name`` containing ``,`` or ``;`` (it splits on them): "Lovelace, Ada" → "Lovelace Ada"."""
-    if not name:
-        return None
-    return " ".join(name.replace(",", " ").replace(";", " ").split()) or None
+    """The header's display name (no control characters), and SendGrid refuses ``to.name`` containing
+    ``,`` or ``;`` (it splits on them): "Lovelace, Ada" → "Lovelace Ada"."""
+    return " ".join(display_name(name).replace(",", " ").replace(";", " ").split()) or None
 
 
 def _subset(batch: Batch, envelopes: list[Envelope]) -> Batch:
