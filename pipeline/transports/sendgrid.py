@@ -367,7 +367,7 @@ class SendGridTransport:
 def _display_name(name: str | None) -> str | None:
     """The header's display name (no control characters), and SendGrid refuses ``to.name`` containing
     ``,`` or ``;`` (it splits on them): "Lovelace, Ada" → "Lovelace Ada"."""
-    return " ".join(display_name(name).replace(",", " ").replace(";", " ").split()) or None
+    return display_name((name or "").replace(",", " ").replace(";", " ")) or None
 
 
 def _subset(batch: Batch, envelopes: list[Envelope]) -> Batch:
