@@ -9,6 +9,7 @@ import pytest
 from pipeline.errors import Problem, Severity
 from pipeline.render.lint import HTML_MAX, HTML_WARN, check_paths
 from pipeline.settings import Settings
+from tests.fixtures.project import own_template
 
 FIRST = "2026-12-01-name-it-to-tame-it.yaml"
 SUBJECT_LINE = 5  # line of `subject:` in the first sample
@@ -26,7 +27,7 @@ def edit_issue(project: Path, old: str, new: str) -> Path:
 
 
 def edit_template(project: Path, name: str, old: str, new: str) -> None:
-    path = project / "templates" / name
+    path = own_template(project, name)
     text = path.read_text(encoding="utf-8")
     assert old in text, f"{name} no longer contains {old!r}"
     path.write_text(text.replace(old, new), encoding="utf-8")
@@ -226,7 +227,7 @@ def test_footer_without_postal_address_is_an_error(settings: Settings, project: 
 
 
 def test_empty_text_part_is_an_error(settings: Settings, project: Path) -> None:
-    (project / "templates" / "weekly.txt.j2").write_text("{# nothing #}\n", encoding="utf-8")
+    own_template(project, "weekly.txt.j2").write_text("{# nothing #}\n", encoding="utf-8")
 
     found = problems(settings, project / "issues" / FIRST)
 

@@ -26,6 +26,7 @@ from pipeline.render.renderer import (
 from pipeline.settings import Settings, load_settings
 from pipeline.tokens import Signer
 from tests import golden
+from tests.fixtures.project import own_template
 from tests.paths import REPO
 
 SLUGS = sorted(path.stem for path in (REPO / "issues").glob("*.yaml"))
@@ -240,11 +241,7 @@ def test_rendered_issue_carries_every_personal_field_as_a_placeholder(rendered: 
     assert rendered.subject == "Guilt isn't a verdict: start by naming it"
 
 
-def test_personalise_many_copies_from_one_render_without_templates(
-    rendered: RenderedIssue, project: Path
-) -> None:
-    shutil.rmtree(project / "templates")  # personalisation never renders a template again
-
+def test_personalise_many_copies_from_one_render(rendered: RenderedIssue) -> None:
     ximena = personalise(rendered, fields_for("Ximena", email="ximena@example.com"))
     yusuf = personalise(rendered, fields_for("Yusuf", email="yusuf@example.com"))
 
@@ -381,7 +378,7 @@ def test_renderer_renders_several_issues_with_one_environment(settings: Settings
 
 
 def break_template(project: Path, name: str, old: str, new: str) -> None:
-    path = project / "templates" / name
+    path = own_template(project, name)
     text = path.read_text(encoding="utf-8")
     assert old in text, f"{name} no longer contains {old!r}"
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
@@ -451,7 +448,7 @@ def test_jinja_syntax_error_names_the_template_and_line(
     break_template(project, name, old, new)
     broken_line = 1 + next(
         index
-        for index, line in enumerate((project / "templates" / name).read_text(encoding="utf-8").splitlines())
+        for index, line in enumerate(own_template(project, name).read_text(encoding="utf-8").splitlines())
         if new in line
     )
 
@@ -478,7 +475,7 @@ def test_issue_naming_a_missing_template_is_a_content_error(settings: Settings, 
 
 def test_issue_can_choose_another_template(settings: Settings, project: Path) -> None:
     templates = project / "templates"
-    shutil.copy(templates / "weekly.mjml.j2", templates / "special.mjml.j2")
+    shutil.copy(own_template(project, "weekly.mjml.j2"), templates / "special.mjml.j2")
     (templates / "special.txt.j2").write_text(
         "SPECIAL {{ issue.subject }} for {{ recipient.first_name }}\n"
         "{{ recipient.email }} {{ recipient.unsubscribe_url }} {{ recipient.preferences_url }}\n",

@@ -18,7 +18,7 @@ import pytest
 from pipeline.render import spamcheck
 from pipeline.render.lint import SPAM_SKIPPED, check_paths
 from pipeline.settings import Settings
-from tests.fixtures.project import FIRST_ISSUE, CliInvoker
+from tests.fixtures.project import FIRST_ISSUE, CliInvoker, own_template
 from tests.mail import outbox_files
 from tests.paths import REPO
 
@@ -102,11 +102,11 @@ def test_a_preheader_painted_in_the_page_colour_is_what_the_rule_scores(
 ) -> None:
     """The judge sees the old trick: MJML's mj-preview colours the hidden text white."""
     edit(
-        project / "templates" / "partials" / "head.mjml.j2",
+        own_template(project, "partials/head.mjml.j2"),
         "<mj-title>{{ issue.subject }}</mj-title>",
         "<mj-title>{{ issue.subject }}</mj-title>\n  <mj-preview>{{ issue.preheader }}</mj-preview>",
     )
-    (project / "templates" / "partials" / "preheader.mjml.j2").write_text("", encoding="utf-8")
+    own_template(project, "partials/preheader.mjml.j2").write_text("", encoding="utf-8")
     run("send", f"issues/{FIRST_ISSUE}", "--yes", "--segment", "toddlers")
 
     score, tests = judge(spamassassin, sa_home, outbox_files(project / "outbox")[0].read_bytes())
@@ -201,7 +201,7 @@ def test_check_spam_points_at_the_file_when_a_template_holds_the_phrase(
     spamassassin: str, run: CliInvoker, project: Path
 ) -> None:
     edit(
-        project / "templates" / "partials" / "footer.mjml.j2",
+        own_template(project, "partials/footer.mjml.j2"),
         "a weekly letter for working parents.",
         f"a weekly letter for working parents who {PHRASE}.",
     )

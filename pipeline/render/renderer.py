@@ -126,10 +126,20 @@ def _on_text(function: Callable[..., Any]) -> Callable[..., Any]:
     return text_filter
 
 
+PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+"""The templates that ship with the package: every newsletter starts from them."""
+
+
+def template_loader(templates_dir: Path, subfolder: str = "") -> jinja2.BaseLoader:
+    """The project's own ``templates_dir`` first, then the packaged templates: a newsletter overrides
+    them file by file (one partial, say) and never has to copy the rest."""
+    return jinja2.FileSystemLoader([templates_dir / subfolder, PACKAGED_TEMPLATES / subfolder])
+
+
 def environment(templates_dir: Path) -> jinja2.Environment:
     """Jinja2 with StrictUndefined; HTML templates autoescaped, text templates not."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
+        loader=template_loader(templates_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".mjml.j2")),
         keep_trailing_newline=True,
@@ -161,7 +171,7 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
     try:
         return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:
-        message = f"template '{exc.name}' not found in the templates folder"
+        message = f"template '{exc.name}' is neither in the templates folder nor a packaged one"
         raise ContentError([Problem(str(source), message, field="template")]) from None
     except jinja2.TemplateSyntaxError as exc:
         raise ContentError(

@@ -1,4 +1,4 @@
-"""The service's HTML pages: Jinja2 templates in ``templates/web/``, autoescaped, sharing one stylesheet.
+"""The service's HTML pages: Jinja2 templates in ``templates/web/`` (the project's, else the packaged ones), autoescaped, sharing one stylesheet.
 
 The stylesheet is rendered once from the email palette (``pipeline.render.renderer.LIGHT``/``DARK``) so the
 pages look like the newsletter, light and dark, and is served from ``/site.css``: pages carry no
@@ -7,7 +7,6 @@ inline style or script, which lets their CSP be strict.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pipeline.audience.linkowner import Opens
-from pipeline.render.renderer import DARK, LIGHT
+from pipeline.render.renderer import DARK, LIGHT, template_loader
 from pipeline.settings import Settings
 
 CSS_MAX_AGE = 3600
@@ -32,9 +31,8 @@ def mask_email(email: str) -> str:
 
 class Pages:
     def __init__(self, settings: Settings) -> None:
-        folder = settings.path(settings.newsletter.templates_dir) / "web"
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(Path(folder)),
+            loader=template_loader(settings.path(settings.newsletter.templates_dir), "web"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
