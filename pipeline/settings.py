@@ -18,8 +18,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from pipeline.errors import Problem, SettingsError
 from pipeline.validation import field_errors, invisible_kind
@@ -99,16 +97,16 @@ def _base_url_problems(value: str) -> Iterator[str]:
 
 STORE_DRIVERS = ("sqlite", "postgresql+psycopg", "postgresql", "postgres")
 """The store URL schemes the store opens (``postgresql`` and ``postgres`` mean psycopg 3)."""
+_DATABASE_URL = re.compile(r"(?P<driver>[\w+]+)://.*", re.S)
+"""SQLAlchemy's own test of a URL (``make_url``), without importing SQLAlchemy into every command."""
 
 
 def _store_url(value: str) -> str:
     example = "write sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
-    try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ValueError(f"is not a database URL; {example}") from None
-    if url.drivername not in STORE_DRIVERS:
-        raise ValueError(f"'{url.drivername}' is not a database the store can use; {example}")
+    if not (url := _DATABASE_URL.fullmatch(value)):
+        raise ValueError(f"is not a database URL; {example}")
+    if url["driver"] not in STORE_DRIVERS:
+        raise ValueError(f"'{url['driver']}' is not a database the store can use; {example}")
     return value
 
 

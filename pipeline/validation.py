@@ -13,9 +13,10 @@ import typing
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:  # pydantic is loaded by the models these functions read; errors.py must not need it
+    from pydantic import BaseModel, ValidationError
 
 Path = tuple[str | int, ...]
 
@@ -30,6 +31,8 @@ class FieldError:
 
 def _submodels(annotation: Any) -> Iterator[type[BaseModel]]:
     """Every BaseModel class reachable through Optional/list/Union in ``annotation``."""
+    from pydantic import BaseModel
+
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
         return

@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
-from pipeline.settings import Settings, load_settings
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 console = Console(highlight=False)
 console_err = Console(stderr=True, highlight=False)
@@ -26,6 +28,8 @@ class CliContext:
 
     @cached_property
     def settings(self) -> Settings:
+        from pipeline.settings import load_settings  # not on import: `--help` loads no settings
+
         return load_settings(self.settings_path)
 
 
