@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import inspect, select, text
@@ -27,11 +28,21 @@ from pipeline.audience.subscribers import (
 )
 from pipeline.errors import AudienceError, StoreError
 from pipeline.settings import Settings
-from pipeline.store.engine import Store, connect, head_revision, open_store
+from pipeline.store.engine import MIGRATIONS, Store, connect, head_revision, open_store
 from pipeline.store.tables import metadata, subscribers
 from tests.fixtures.store import TEST_KEY, _binary, all_text, snapshot
 
 # --- migrations and connections -------------------------------------------------------------------
+
+
+def test_migration_files_are_numbered_as_alembic_chains_them() -> None:
+    """The store reads its head revision from the file names (no Alembic import on every command):
+    each file NNNN_*.py must be revision NNNN and revise the one numbered before it."""
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    chain = [script.revision for script in reversed(list(scripts.walk_revisions()))]
+
+    assert chain == sorted(path.name.partition("_")[0] for path in (MIGRATIONS / "versions").glob("*_*.py"))
+    assert scripts.get_current_head() == head_revision()
 
 
 def test_first_use_migrates_an_empty_database_to_the_newest_revision(empty_store_url: str) -> None:

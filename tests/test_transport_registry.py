@@ -41,7 +41,10 @@ def test_the_cli_offers_exactly_the_registered_transports(path: tuple[str, ...])
     command: click.Command = cli
     for name in path:
         assert isinstance(command, click.Group)
-        command = command.commands[name]
+        with click.Context(command) as ctx:
+            sub = command.get_command(ctx, name)
+        assert sub is not None
+        command = sub
     (option,) = [p for p in command.params if p.name == "transport"]
 
     assert isinstance(option.type, click.Choice)
