@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/dkim.py
 	$(BIN)/python bench/bounces.py
+	$(BIN)/python -m bench.startup
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache

@@ -473,6 +473,19 @@ def test_issue_naming_a_missing_template_is_a_content_error(settings: Settings, 
     assert "monthly.mjml.j2" in problem.message
 
 
+def test_a_template_edited_between_runs_renders_as_edited(settings: Settings, project: Path) -> None:
+    """Compiled templates are cached across runs (Jinja's bytecode cache): an edit must still show."""
+    issue_file = load_issue(project / "issues" / f"{FIRST}.yaml")
+    before = personalise(render(issue_file, settings), fields_for("Ana")).text
+    footer = own_template(project, "partials/footer.txt.j2")
+    footer.write_text(footer.read_text(encoding="utf-8") + "Edited between two runs.\n", encoding="utf-8")
+
+    after = personalise(render(issue_file, settings), fields_for("Ana")).text
+
+    assert "Edited between two runs." not in before
+    assert "Edited between two runs." in after
+
+
 def test_issue_can_choose_another_template(settings: Settings, project: Path) -> None:
     templates = project / "templates"
     shutil.copy(own_template(project, "weekly.mjml.j2"), templates / "special.mjml.j2")

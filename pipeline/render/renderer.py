@@ -137,9 +137,12 @@ def template_loader(templates_dir: Path, subfolder: str = "") -> jinja2.BaseLoad
 
 
 def environment(templates_dir: Path) -> jinja2.Environment:
-    """Jinja2 with StrictUndefined; HTML templates autoescaped, text templates not."""
+    """Jinja2 with StrictUndefined; HTML templates autoescaped, text templates not. Compiled templates
+    are kept in Jinja's per-user bytecode cache (a private folder in the temp directory, checked
+    against each template's source), so `check` and `render` on every save skip compiling them."""
     env = jinja2.Environment(
         loader=template_loader(templates_dir),
+        bytecode_cache=jinja2.FileSystemBytecodeCache(),
         undefined=jinja2.StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".mjml.j2")),
         keep_trailing_newline=True,
@@ -206,13 +209,22 @@ class Renderer:
     def render(self, issue_file: IssueFile) -> RenderedIssue:
         """Render an issue once: MJML compiled to HTML, the text part, both split at their placeholders."""
         issue = issue_file.issue
-        context = _context(
-            self.settings, issue=issue, links={"archive": archive_url(self.settings, issue_file.slug)}
-        )
-        template = issue.template or self.settings.newsletter.default_template
+        template, context = self._issue_template(issue_file)
         return self._render_mail(
             template, issue_file.slug, issue.subject, issue.preheader, context, issue_file.path
         )
+
+    def mjml(self, issue_file: IssueFile) -> str:
+        """The issue's MJML before it is compiled: what another MJML engine (the JavaScript CLI that
+        bench/startup.py compares with) would be given."""
+        template, context = self._issue_template(issue_file)
+        return _render_template(self.env, f"{template}.mjml.j2", context, issue_file.path)
+
+    def _issue_template(self, issue_file: IssueFile) -> tuple[str, dict[str, Any]]:
+        """The template an issue is rendered with, and what it sees."""
+        links = {"archive": archive_url(self.settings, issue_file.slug)}
+        context = _context(self.settings, issue=issue_file.issue, links=links)
+        return issue_file.issue.template or self.settings.newsletter.default_template, context
 
     def render_single(self, template: str, subject: str, preheader: str, **specific: Any) -> RenderedIssue:
         """A mail that is not an issue (the signup confirmation): the same context, MJML step and checks."""
