@@ -43,20 +43,21 @@ def link_targets(source: str) -> list[str]:
     return targets
 
 
-def to_html(source: str) -> Markup:
-    """Markdown → HTML for the email body (already escaped, so templates print it as is)."""
+def to_html(source: str, link_style: str | None = LINK_STYLE) -> Markup:
+    """Markdown → HTML for the email body (already escaped, so templates print it as is); a web page,
+    styled by its stylesheet, passes ``link_style=None``."""
     parser = _parser()
     tokens = parser.parse(source)
     for token in tokens:
         for child in token.children or ():
-            if child.type == "link_open":
-                child.attrSet("style", LINK_STYLE)
+            if child.type == "link_open" and link_style:
+                child.attrSet("style", link_style)
     return Markup(parser.renderer.render(tokens, parser.options, {}))
 
 
-def to_inline_html(source: str) -> Markup:
+def to_inline_html(source: str, link_style: str | None = LINK_STYLE) -> Markup:
     """Markdown → HTML without the wrapping paragraph, for titles and list items."""
-    html = str(to_html(source)).strip()
+    html = str(to_html(source, link_style)).strip()
     if html.startswith("<p>") and html.endswith("</p>") and html.count("<p>") == 1:
         html = html[3:-4]
     return Markup(html)

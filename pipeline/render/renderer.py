@@ -7,6 +7,7 @@ not a template render. The same split lets SendGrid substitute the values on its
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import textwrap
@@ -87,6 +88,9 @@ class RenderedIssue:
     preheader: str
     html: SplitTemplate
     text: SplitTemplate
+    web: str | None = None
+    """The issue's content as its archive page shows it (``WEB_CONTENT``: no greeting, no footer for
+    one reader); None for a mail that is no issue, and for an issue loaded back to be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,9 @@ def _on_text(function: Callable[..., Any]) -> Callable[..., Any]:
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 """The templates that ship with the package: every newsletter starts from them."""
+WEB_CONTENT = "web/issue_content.html.j2"
+"""An issue's content for the web (its archive page, its feed entry), rendered with the email from
+the same context: a campaign stores it, so the archive shows the issue as it was sent."""
 
 
 def template_loader(templates_dir: Path, subfolder: str = "") -> jinja2.BaseLoader:
@@ -144,7 +151,7 @@ def environment(templates_dir: Path) -> jinja2.Environment:
         loader=template_loader(templates_dir),
         bytecode_cache=jinja2.FileSystemBytecodeCache(),
         undefined=jinja2.StrictUndefined,
-        autoescape=lambda name: bool(name and name.endswith(".mjml.j2")),
+        autoescape=lambda name: bool(name and name.endswith((".mjml.j2", ".html.j2"))),
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -210,9 +217,11 @@ class Renderer:
         """Render an issue once: MJML compiled to HTML, the text part, both split at their placeholders."""
         issue = issue_file.issue
         template, context = self._issue_template(issue_file)
-        return self._render_mail(
+        rendered = self._render_mail(
             template, issue_file.slug, issue.subject, issue.preheader, context, issue_file.path
         )
+        web = _render_template(self.env, WEB_CONTENT, context, issue_file.path)
+        return dataclasses.replace(rendered, web=web)
 
     def mjml(self, issue_file: IssueFile) -> str:
         """The issue's MJML before it is compiled: what another MJML engine (the JavaScript CLI that
