@@ -49,6 +49,13 @@ def test_check_loads_neither_the_store_nor_the_web_stack(project: Path) -> None:
     assert not loaded & WEB_AND_STORE
 
 
+def test_a_current_store_is_checked_without_alembic(project: Path) -> None:
+    """The first command migrates the new store; after that, opening it costs one query."""
+    assert "alembic" in modules_after("segments", cwd=project)
+
+    assert "alembic" not in modules_after("segments", cwd=project)
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_the_listed_summary_is_the_commands_own(name: str) -> None:
     command = load_command(name)
