@@ -14,8 +14,9 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, Select, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -94,7 +95,7 @@ class CampaignReport:
         return sum(self.counts.values())
 
 
-_SUMMARY = [c for c in campaigns.c if c.name not in {"html", "text"}]
+_SUMMARY = [c for c in campaigns.c if c.name not in {"html", "text", "web_html"}]
 
 
 def segments_key(segments: Iterable[str]) -> str:
@@ -212,6 +213,7 @@ def create_campaign(
                     preheader=rendered.preheader,
                     html=rendered.html.with_tags(_placeholder),
                     text=rendered.text.with_tags(_placeholder),
+                    web_html=rendered.web,
                     content_hash=content_hash(rendered),
                     transport=transport,
                     status=status,
@@ -327,14 +329,17 @@ class PublishedIssue:
             return self.started_at.date()
 
 
+def _first_published(*columns: ColumnElement[Any]) -> Select[Any]:
+    """``columns`` of the campaigns whose issue has gone out, oldest first: an issue's archive entry
+    is its first such campaign (a later one to another audience sent the same issue again)."""
+    c = campaigns.c
+    return select(*columns).where(c.status.in_(PUBLISHED), c.started_at.is_not(None)).order_by(c.id)
+
+
 def published(store: Store) -> list[PublishedIssue]:
     """One entry per issue that has gone out (its first campaign), newest issue first."""
     c = campaigns.c
-    query = (
-        select(c.issue_slug, c.subject, c.preheader, c.started_at)
-        .where(c.status.in_(PUBLISHED), c.started_at.is_not(None))
-        .order_by(c.id)
-    )
+    query = _first_published(c.issue_slug, c.subject, c.preheader, c.started_at)
     entries: dict[str, PublishedIssue] = {}
     with store.read() as conn:
         for slug, subject, preheader, started_at in conn.execute(query):
@@ -342,9 +347,21 @@ def published(store: Store) -> list[PublishedIssue]:
     return sorted(entries.values(), key=lambda e: (e.day, e.started_at), reverse=True)
 
 
-def published_html(store: Store, slug: str) -> str | None:
-    """The stored HTML of the issue's first published campaign, or None if it has not gone out."""
+def published_content(store: Store, slugs: Sequence[str]) -> dict[str, str]:
+    """The web content each issue's first published campaign stored, by slug; an issue whose
+    campaign predates it (revision 0007) or has not gone out is missing."""
     c = campaigns.c
-    query = select(c.html).where(c.issue_slug == slug, c.status.in_(PUBLISHED)).order_by(c.id).limit(1)
+    found: dict[str, str | None] = {}
     with store.read() as conn:
+        for slug, web_html in conn.execute(
+            _first_published(c.issue_slug, c.web_html).where(c.issue_slug.in_(slugs))
+        ):
+            found.setdefault(slug, web_html)
+    return {slug: web_html for slug, web_html in found.items() if web_html is not None}
+
+
+def published_html(store: Store, slug: str) -> str | None:
+    """The stored email HTML of the issue's first published campaign, or None if it has not gone out."""
+    with store.read() as conn:
+        query = _first_published(campaigns.c.html).where(campaigns.c.issue_slug == slug).limit(1)
         return conn.execute(query).scalar_one_or_none()

@@ -9,6 +9,7 @@ without a migration in ``pipeline/store/migrations/versions/`` fails the suite.
     suppressions        keyed hashes of addresses that must never be mailed or re-imported
     subscriber_events   append-only consent log; never holds an address
     campaigns           one issue sent to one audience, with the issue as rendered when it started
+                        (the email, and its content for the archive's web page)
     deliveries          the ledger: one row per recipient of a campaign, saying what happened
     dispatch_runs       sending processes, so rows a dead one left ``sending`` are known to be in doubt
     leases, schedule_decisions   the scheduler: one instance at a time, each issue decided once
@@ -156,6 +157,8 @@ campaigns = Table(
     Column("preheader", String(500), nullable=False),
     Column("html", Text(), nullable=False),  # rendered once, with placeholders: what every copy is made of
     Column("text", Text(), nullable=False),
+    # The issue's content for its archive page and feed entry, as sent; NULL before revision 0007.
+    Column("web_html", Text()),
     Column("content_hash", String(64), nullable=False),
     Column("transport", String(16), nullable=False),
     Column("status", String(16), nullable=False),
