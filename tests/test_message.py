@@ -1,5 +1,5 @@
 """The .eml a recipient gets: parsed back with the standard library, as a mail client would; what each
-transport sends of it (Feedback-ID); line lengths of its headers and text part."""
+transport sends of it (Feedback-ID, List-Archive); line lengths of its headers and text part."""
 
 from __future__ import annotations
 
@@ -15,20 +15,23 @@ from typing import cast
 
 import pytest
 
+from pipeline.audience.subscribers import add_subscriber
 from pipeline.content.issue import load_issue
+from pipeline.dispatch.single import send_confirmation
 from pipeline.recipient import PersonalFields, Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate, feedback_id, feedback_sender_id, list_id
-from pipeline.render.renderer import RenderedIssue, personalise, render
+from pipeline.render.renderer import RenderedIssue, Renderer, personalise, render
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
+from pipeline.store.statuses import SubscriberStatus
 from pipeline.tokens import Signer
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 from tests.emulators.sendgrid import SendGridEmulator
 from tests.fixtures.project import CliInvoker
 from tests.fixtures.smtp import SmtpServer
-from tests.mail import outbox_files
+from tests.mail import outbox_files, outbox_transport
 from tests.paths import REPO
 from tests.transport_helpers import dispatcher, make_batch, new_campaign
 from tests.web_support import readers
@@ -275,17 +278,20 @@ def test_boundary_does_not_occur_in_the_content(settings: Settings, rendered: Re
     assert raw.count(f"--{boundary}".encode()) == 3
 
 
-# Feedback-ID: Gmail's feedback loop, on every campaign message and nothing else
+# Feedback-ID (Gmail's feedback loop) and List-Archive (RFC 2369): on every campaign message, nothing else
 
 SLUGS = sorted(path.stem for path in (REPO / "issues").glob("*.yaml"))
 ISSUE = f"issues/{FIRST}.yaml"
+
+
+ARCHIVE = "<https://news.example.org/archive/>"
 
 
 def expected_feedback_id(campaign_id: int, slug: str = FIRST) -> str:
     return f"{campaign_id}:{slug}:the-juggle:newsexampleorg"
 
 
-def test_campaign_messages_in_the_outbox_carry_feedback_id_and_list_id(
+def test_campaign_messages_in_the_outbox_carry_feedback_id_list_id_and_list_archive(
     run: CliInvoker, project: Path
 ) -> None:
     run("send", ISSUE, "--yes", "--segment", "toddlers")
@@ -296,21 +302,36 @@ def test_campaign_messages_in_the_outbox_carry_feedback_id_and_list_id(
     for message in messages:
         assert message.get_all("Feedback-ID") == [expected_feedback_id(1)]
         assert message["List-Id"] == "The Juggle <the-juggle.news.example.org>"
+        assert message.get_all("List-Archive") == [ARCHIVE]
         assert message.defects == []
 
 
-def test_a_test_copy_carries_no_feedback_id(run: CliInvoker, project: Path) -> None:
-    """Not part of the bulk stream Gmail reports on, and no campaign to name."""
+def test_a_test_copy_carries_no_feedback_id_nor_list_archive(run: CliInvoker, project: Path) -> None:
+    """Not part of the bulk stream Gmail reports on, no campaign to name, and no posting to the list:
+    its issue may never go out."""
     run("send", ISSUE, "--to", "editor@example.org")
 
     (path,) = outbox_files(project / "outbox")
     message = parse(path.read_bytes())
     assert message["Subject"].startswith("[TEST] ")
-    assert message["Feedback-ID"] is None
+    assert message["Feedback-ID"] is None and message["List-Archive"] is None
     assert message["List-Id"] == "The Juggle <the-juggle.news.example.org>"
 
 
-def test_campaign_messages_over_smtp_carry_feedback_id(
+def test_a_signup_confirmation_carries_no_list_archive(settings: Settings, store: Store) -> None:
+    """A message to one person about joining, not a posting to the list: no archive holds it."""
+    person = add_subscriber(store, "new@example.com", status=SubscriberStatus.UNCONFIRMED)
+    transport = outbox_transport(settings)
+    outcome = send_confirmation(settings, store, Renderer(settings), transport, person.id, WHEN)
+
+    assert outcome is not None and outcome.status == "sent"
+    (path,) = outbox_files(settings.path(settings.delivery.outbox_dir))
+    message = parse(path.read_bytes())
+    assert message["Subject"].startswith("Please confirm")
+    assert message["List-Archive"] is None and message["Feedback-ID"] is None
+
+
+def test_campaign_messages_over_smtp_carry_feedback_id_and_list_archive(
     store: Store, settings: Settings, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     readers(store, tmp_path, 3)
@@ -326,9 +347,12 @@ def test_campaign_messages_over_smtp_carry_feedback_id(
     received = [item.message for item in smtp_server.handler.received]
     assert len(received) == 3
     assert {message["Feedback-ID"] for message in received} == {expected_feedback_id(campaign.id)}
+    assert {message["List-Archive"] for message in received} == {ARCHIVE}
 
 
-def test_a_sendgrid_request_carries_feedback_id_for_a_campaign_only(settings: Settings) -> None:
+def test_a_sendgrid_request_carries_feedback_id_and_list_archive_for_a_campaign_only(
+    settings: Settings,
+) -> None:
     with SendGridEmulator(api_key="SG.message-test") as emulator:
         config = settings.sendgrid.model_copy(update={"host": emulator.url, "timeout": 5.0})
         transport = SendGridTransport(settings.model_copy(update={"sendgrid": config}), "SG.message-test")
@@ -338,7 +362,8 @@ def test_a_sendgrid_request_carries_feedback_id_for_a_campaign_only(settings: Se
     campaign_request, test_copy = emulator.messages
     assert campaign_request.headers["Feedback-ID"] == expected_feedback_id(42)
     assert campaign_request.headers["List-Id"] == "The Juggle <the-juggle.news.example.org>"
-    assert "Feedback-ID" not in test_copy.headers
+    assert campaign_request.headers["List-Archive"] == ARCHIVE
+    assert "Feedback-ID" not in test_copy.headers and "List-Archive" not in test_copy.headers
 
 
 def test_feedback_id_has_gmail_s_shape(settings: Settings) -> None:

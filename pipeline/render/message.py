@@ -4,7 +4,8 @@ The MIME structure, static headers and quoted-printable bodies are built once (`
 each recipient adds To, Message-ID, Date, List-Unsubscribe and their few substituted values, each
 encoded on its own soft-broken line so no line passes 76 characters. multipart/alternative carries the
 text part first (clients show the last part they can display). One-click unsubscribe per RFC 8058;
-a campaign's messages also carry Gmail's ``Feedback-ID`` (``for_campaign``).
+a campaign's messages also carry ``List-Archive`` (RFC 2369) and Gmail's ``Feedback-ID``
+(``for_campaign``).
 """
 
 from __future__ import annotations
@@ -47,11 +48,21 @@ def list_unsubscribe(settings: Settings, unsubscribe_url: str) -> str:
 
 def static_list_headers(settings: Settings, campaign_id: int | None = None, slug: str = "") -> dict[str, str]:
     """The list headers that are the same for every recipient (List-Unsubscribe is per recipient);
-    a campaign's messages add its Feedback-ID."""
+    a campaign's messages add ``campaign_headers``."""
     headers = {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": list_id(settings)}
     if campaign_id is not None:
-        headers["Feedback-ID"] = feedback_id(settings, campaign_id, slug)
+        headers.update(campaign_headers(settings, campaign_id, slug))
     return headers
+
+
+def campaign_headers(settings: Settings, campaign_id: int, slug: str) -> dict[str, str]:
+    """What only a campaign's messages carry: where the list's issues are archived (``List-Archive``,
+    RFC 2369: every issue a campaign sends is published there) and Gmail's Feedback-ID. A test copy
+    or a confirmation has neither: neither is a posting to the list, nor in its archive."""
+    return {
+        "List-Archive": f"<{settings.newsletter.base_url}/archive/>",
+        "Feedback-ID": feedback_id(settings, campaign_id, slug),
+    }
 
 
 def _feedback_field(value: str) -> str:
@@ -200,15 +211,16 @@ class MessageTemplate:
                 return boundary
 
     def for_campaign(self, campaign_id: int) -> MessageTemplate:
-        """This message as campaign ``campaign_id`` sends it: with its ``Feedback-ID``. Made once per
-        campaign and sharing the encoded bodies; a test copy or a confirmation has no campaign, so no
-        Feedback-ID (they are not the bulk stream Gmail's feedback loop reports on)."""
+        """This message as campaign ``campaign_id`` sends it: with its ``campaign_headers``
+        (List-Archive, Feedback-ID). Made once per campaign and sharing the encoded bodies; a test copy
+        or a confirmation has no campaign, so neither (they are not postings to the list, nor the bulk
+        stream Gmail's feedback loop reports on)."""
         found = self._campaigns.get(campaign_id)
         if found is None:
             found = copy.copy(self)
             found._campaigns = {}
-            header = _header("Feedback-ID", feedback_id(self.settings, campaign_id, self.slug))
-            found.static_headers = self.static_headers + header
+            headers = campaign_headers(self.settings, campaign_id, self.slug)
+            found.static_headers = self.static_headers + b"".join(_header(n, v) for n, v in headers.items())
             self._campaigns[campaign_id] = found
         return found
 
