@@ -155,9 +155,12 @@ def test_an_undefined_segment_names_the_closest_one(store: Store) -> None:
         count(store, ["everyone", "zzz"])
 
 
-def test_a_missing_segments_file_says_where_it_was_looked_for(tmp_path: Path) -> None:
-    with pytest.raises(AudienceError, match=r"segments\.toml: error: segments file not found"):
-        load_segments(tmp_path / "segments.toml")
+def test_without_a_segments_file_the_packaged_default_is_everyone(tmp_path: Path) -> None:
+    segments = load_segments(tmp_path / "segments.toml")
+
+    assert list(segments) == ["everyone"]
+    with pytest.raises(AudienceError, match=r"segments\.toml \(not found: the packaged default\): error: "):
+        segments["toddlers"]
 
 
 def test_segment_objects_need_no_file(people: Store) -> None:

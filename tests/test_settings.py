@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from pipeline.content.newproject import NewProject, settings_text
 from pipeline.errors import SettingsError
 from pipeline.settings import (
     SECRET_ENV_NAMES,
@@ -397,7 +398,31 @@ def test_settings_toml_has_no_key_the_model_does_not_know() -> None:
     assert set(documented) - known == set()
 
 
+THE_JUGGLE = NewProject(
+    name="The Juggle",
+    base_url="https://news.example.org",
+    from_email="hello@news.example.org",
+    postal_address="The Juggle, 100 Example Street, Suite 4, Portland, OR 97201, USA",
+    timezone="America/New_York",
+    reply_to="editors@news.example.org",
+    unsubscribe_mailto="unsubscribe@news.example.org",
+)
+"""The sample newsletter's values: its settings.toml is the starter's settings template filled with them."""
+
+
+def test_settings_toml_is_the_starter_template_filled_with_the_juggles_values() -> None:
+    """One documented settings file: what `newsletter init` writes and the sample's own are one template,
+    so a comment is written once (in pipeline/content/starter/settings.toml.in)."""
+    assert REPO_SETTINGS.read_text(encoding="utf-8") == settings_text(THE_JUGGLE), (
+        "edit pipeline/content/starter/settings.toml.in, then run `python -m tests.test_settings`"
+    )
+
+
 def test_environment_is_left_untouched_by_loading(project: Path) -> None:
     before = dict(os.environ)
     load_settings(project / "settings.toml")
     assert dict(os.environ) == before
+
+
+if __name__ == "__main__":  # the sample's settings.toml after an edit of the starter's template
+    REPO_SETTINGS.write_text(settings_text(THE_JUGGLE), encoding="utf-8")

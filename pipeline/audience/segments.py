@@ -29,6 +29,7 @@ from pydantic import (
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select
 
 from pipeline.audience.fields import is_timezone, is_timezone_region
+from pipeline.content.newproject import DEFAULT_SEGMENTS
 from pipeline.errors import AudienceError, Problem
 from pipeline.store.statuses import SubscriberStatus
 from pipeline.store.tables import subscriber_tags, subscribers
@@ -235,14 +236,13 @@ def parse_segments(text: str, path: str) -> Segments:
 
 
 def load_segments(path: Path) -> Segments:
-    """Read and validate the segments file."""
+    """Read and validate the segments file; a project without one has the packaged default (everyone)."""
     shown = _shown(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise AudienceError(
-            f"{shown}: error: segments file not found (settings: newsletter.segments_file)"
-        ) from None
+        text = DEFAULT_SEGMENTS.read_text(encoding="utf-8")
+        shown = f"{shown} (not found: the packaged default)"
     except (OSError, UnicodeDecodeError) as exc:
         raise AudienceError(f"{shown}: error: cannot read: {exc}") from None
     return parse_segments(text, shown)

@@ -47,6 +47,10 @@ COMMANDS = {
         "pipeline.cli.dns:dns",
         "Print the DNS records (SPF, DKIM, DMARC) the sender's domain must publish, from the settings.",
     ),
+    "init": Entry(
+        "pipeline.cli.init:init",
+        "Start a newsletter in DIR: settings, a sample issue, segments, and checks for git and CI.",
+    ),
     "new": Entry(
         "pipeline.cli.issues:new",
         "Start a new issue called TITLE: writes issues/DATE-slug.yaml with every section.",
@@ -81,6 +85,10 @@ COMMANDS = {
     "subscribers": Entry(
         "pipeline.cli.subscribers:subscribers",
         "Manage the subscriber list: import, export, add, unsubscribe and erase people.",
+    ),
+    "templates": Entry(
+        "pipeline.cli.templates:templates",
+        "The packaged templates: see which the project overrides, copy one into it to edit.",
     ),
 }
 """Every command by name. A command's module (and the libraries it needs) is imported only when that
