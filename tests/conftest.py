@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.imap",
     "tests.fixtures.browser",
+    "tests.fixtures.axe",
     "tests.fixtures.web",
 ]
 
