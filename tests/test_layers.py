@@ -27,6 +27,7 @@ RANK = {
     "feedback": 5,
     "schedule": 5,
     "web": 6,
+    "preview": 6,
     "cli": 7,
 }
 

@@ -55,6 +55,10 @@ COMMANDS = {
         "pipeline.cli.issues:new",
         "Start a new issue called TITLE: writes issues/DATE-slug.yaml with every section.",
     ),
+    "preview": Entry(
+        "pipeline.cli.preview:preview",
+        "Preview issues live in the browser: desktop, phone, dark mode, text part and check's problems.",
+    ),
     "render": Entry(
         "pipeline.cli.issues:render",
         "Render ISSUE as a subscriber gets it: HTML, plain text and a complete .eml.",
