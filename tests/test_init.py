@@ -26,6 +26,7 @@ from pipeline.settings import SECRET_ENV_NAMES, SETTINGS_ENV, load_settings
 from tests.fixtures.project import CliInvoker, cli_invoker
 from tests.paths import REPO
 from tests.test_settings import _documented_keys
+from tests.test_startup import WEB_AND_STORE, modules_after
 
 OPTIONS = (
     "--name", "Field Notes",
@@ -371,3 +372,12 @@ def test_eject_of_an_unknown_name_lists_the_packaged_ones(run: CliInvoker, news:
     assert "(did you mean 'partials/footer.mjml.j2'?)" in result.output
     assert "weekly.mjml.j2, weekly.txt.j2" in result.output
     assert files_in(news / "templates") == {"README.md"}
+
+
+# start-up
+
+
+def test_init_and_eject_load_neither_the_store_nor_the_web_stack(tmp_path: Path) -> None:
+    assert not modules_after("init", "news", *OPTIONS, cwd=tmp_path) & WEB_AND_STORE
+    assert not modules_after("templates", "eject", "weekly.txt.j2", cwd=tmp_path / "news") & WEB_AND_STORE
+    assert (tmp_path / "news" / "templates" / "weekly.txt.j2").is_file()
