@@ -191,6 +191,15 @@ def test_a_clone_of_an_empty_repository_counts_as_empty(run: CliInvoker, tmp_pat
     assert (tmp_path / "news" / "settings.toml").is_file()
 
 
+def test_a_folder_that_cannot_be_made_is_an_error_naming_it(run: CliInvoker, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    result = run("init", "notes.txt/news", *OPTIONS, expect=1)
+
+    assert "notes.txt/news: error: cannot write: Not a directory" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_force_writes_beside_what_is_there_and_keeps_it(run: CliInvoker, tmp_path: Path) -> None:
     project = tmp_path / "news"
     project.mkdir()

@@ -56,13 +56,12 @@ def init(
     from pipeline.content.newproject import (
         REQUIRED,
         NewProject,
+        check_folder,
         create_project,
         problems,
-        refuse_unless_empty,
     )
 
-    if not force:
-        refuse_unless_empty(directory)  # before asking anything
+    check_folder(directory, force=force)  # before asking anything
     values = {"name": name, "base_url": base_url, "from_email": from_email, "postal_address": postal_address}
     terminal = sys.stdin.isatty()
     ask = [key for key in REQUIRED if not (values[key] or "").strip()]

@@ -212,14 +212,15 @@ def _write(path: Path, text: str, created: Created) -> None:
         created.written.append(path)
 
 
-def refuse_unless_empty(directory: Path) -> None:
-    """Stop before anything is written (or asked) when ``directory`` is a file or holds anything."""
+def check_folder(directory: Path, *, force: bool = False) -> None:
+    """Stop before anything is written (or asked) when ``directory`` is a file or, unless ``force``,
+    holds anything."""
     if directory.exists() and not directory.is_dir():
         raise ContentError([Problem(str(directory), "is a file, not a folder")])
     present = (
         sorted(p.name for p in directory.iterdir() if p.name not in IGNORED) if directory.exists() else []
     )
-    if present:
+    if present and not force:
         listed = ", ".join(present[:3]) + (", …" if len(present) > 3 else "")
         raise ContentError(
             [
@@ -240,10 +241,17 @@ def create_project(
     settings, wrong = _validated(project, directory.resolve())
     if settings is None:
         raise SettingsError("\n".join(map(str, wrong)))
-    if not force:
-        refuse_unless_empty(directory)
+    check_folder(directory, force=force)
+    try:
+        return _write_project(directory, project, first_issue_date(settings, today), settings)
+    except OSError as exc:  # a folder that cannot be written, a full disk
+        raise ContentError(
+            [Problem(str(exc.filename or directory), f"cannot write: {exc.strerror}")]
+        ) from None
+
+
+def _write_project(directory: Path, project: NewProject, date: dt.date, settings: Settings) -> Created:
     created = Created()
-    date = first_issue_date(settings, today)
     issues_dir = directory / settings.newsletter.issues_dir
     sample = issues_dir / issue_name(FIRST_ISSUE, date)
     _write(directory / "settings.toml", settings_text(project), created)
