@@ -324,11 +324,13 @@ def test_templates_list_shows_the_packaged_ones_and_which_the_project_overrides(
     run: CliInvoker, news: Path
 ) -> None:
     run("templates", "eject", "partials/footer.mjml.j2")
+    (news / "templates" / "letter.txt.j2").write_text("{{ issue.subject }}\n", encoding="utf-8")
 
     listing = dict(line.split(None, 1) for line in run("templates", "list").output.splitlines())
 
     packaged = {path.relative_to(PACKAGED_TEMPLATES).as_posix() for path in PACKAGED_TEMPLATES.rglob("*.j2")}
-    assert set(listing) == packaged
+    assert set(listing) == packaged | {"letter.txt.j2"}
+    assert listing["letter.txt.j2"] == "templates/letter.txt.j2", "the project's own, overriding nothing"
     assert (
         listing["partials/footer.mjml.j2"] == "templates/partials/footer.mjml.j2 (overrides the packaged one)"
     )

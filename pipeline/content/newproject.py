@@ -1,7 +1,7 @@
 """``newsletter init``: a complete newsletter project in an empty folder, from the files in ``starter/``.
 
 Those files are the project as written, with three conventions: a name part ``dot-X`` is written ``.X``
-(so the starter's own ``.gitignore`` neither acts in this repository nor escapes packaging globs), a
+(so the starter's ``.gitignore`` is neither read by git here nor missed by the packaging globs), a
 ``.in`` file is a ``string.Template`` filled with the project's values and written without the suffix,
 and ``settings.toml.in`` takes them TOML-quoted. The repository's own ``settings.toml`` is that
 template filled with The Juggle's values (a test holds it), so the settings are documented once.
