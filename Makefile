@@ -22,14 +22,16 @@ demo: $(STAMP)
 	$(BIN)/newsletter render $(NEWEST_ISSUE)
 	$(BIN)/newsletter send $(NEWEST_ISSUE) --yes
 
-## system-deps: Debian's Chromium (page tests), PostgreSQL (store tests), SpamAssassin (spam score tests)
-## and Dovecot (the bounce mailbox tests' IMAP server), when missing
+## system-deps: Debian's Chromium (page tests), PostgreSQL (store tests), SpamAssassin (spam score tests),
+## Dovecot (the bounce mailbox tests' IMAP server) and npm (axe-core for the accessibility tests), when missing
 system-deps:
 	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| ! command -v spamassassin >/dev/null || ! { command -v dovecot || [ -x /usr/sbin/dovecot ]; } >/dev/null; then \
-		echo "Installing Chromium, PostgreSQL, SpamAssassin and Dovecot from Debian's packages"; \
+		|| ! command -v spamassassin >/dev/null || ! { command -v dovecot || [ -x /usr/sbin/dovecot ]; } >/dev/null \
+		|| ! command -v npm >/dev/null; then \
+		echo "Installing Chromium, PostgreSQL, SpamAssassin, Dovecot and npm from Debian's packages"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends chromium fonts-dejavu-core postgresql spamassassin dovecot-imapd >/dev/null; \
+			--no-install-recommends chromium fonts-dejavu-core postgresql spamassassin dovecot-imapd \
+			$$(command -v npm >/dev/null || echo nodejs npm) >/dev/null; \
 	fi
 
 ## test: lint, type-check and the whole test suite (what CI runs)
