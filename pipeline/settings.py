@@ -23,7 +23,13 @@ from pipeline.errors import Problem, SettingsError
 from pipeline.validation import field_errors, invisible_kind
 
 SETTINGS_ENV = "NEWSLETTER_SETTINGS"
-SECRET_ENV_NAMES = ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "SMTP_PASSWORD", "IMAP_PASSWORD")
+SECRET_ENV_NAMES = (
+    "NEWSLETTER_SECRET_KEY",
+    "SENDGRID_API_KEY",
+    "SMTP_PASSWORD",
+    "IMAP_PASSWORD",
+    "NEWSLETTER_ADMIN_PASSWORD",
+)
 
 
 def _email(value: str) -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from pipeline.cli.context import CliContext, console, pass_context
-from pipeline.feedback.reports import Count, campaign_stats
-from pipeline.store.engine import open_store
+
+if TYPE_CHECKING:
+    from pipeline.feedback.reports import CampaignStats, Count
 
 
 @click.command()
@@ -28,6 +31,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, forwarded_allow_i
     Put a TLS-terminating proxy in front of it and set newsletter.base_url to the public URL.
     Stop it with Ctrl-C.
     """
+    from pipeline.store.engine import open_store
     from pipeline.web import create_app, server  # Starlette and uvicorn load only for this command
 
     settings = ctx.settings
@@ -47,19 +51,13 @@ def _count(count: Count) -> str:
     return f"{count.unique:,} ({count.total:,})"
 
 
-@click.command()
-@click.argument("campaign_id", metavar="CAMPAIGN", type=int)
-@click.option("--top", default=10, show_default=True, type=click.IntRange(0, 100), help="Links to list.")
-@pass_context
-def report(ctx: CliContext, campaign_id: int, top: int) -> None:
-    """What became of CAMPAIGN: sent, delivered, bounced, complained, unsubscribed, opened, clicked.
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
 
-    One row per segment (membership judged by the segment's rule today) and one for the whole
-    campaign; opens and clicks as unique people (total events). Then the most clicked links.
-    Delivery, opens and clicks come from SendGrid's Event Webhook (`newsletter serve`).
-    """
-    with open_store(ctx.settings) as store:
-        stats = campaign_stats(store, campaign_id, top=top)
+
+def _print_table(stats: CampaignStats) -> None:
+    from pipeline.feedback.reports import Base
+
     c = stats.campaign
     console.print(f"Campaign #{c.id}: [bold]{c.subject}[/] ({c.issue_slug}) · status: [bold]{c.status}[/]")
     table = Table(
@@ -71,11 +69,13 @@ def report(ctx: CliContext, campaign_id: int, top: int) -> None:
         "unsubscribed",
         "opened",
         "clicked",
-        caption="opened and clicked: unique people (total events)",
+        "click rate",
+        caption=f"opened and clicked: unique people (total events); click rate: unique clickers per message "
+        f"{stats.base}; opens are unreliable (Apple Mail Privacy Protection fetches every message's images)",
     )
     for row in stats.rows:
         table.add_row(
-            f"[bold]{row.segment}[/]" if row is stats.rows[-1] else row.segment,
+            f"[bold]{row.segment}[/]" if row is stats.whole else row.segment,
             f"{row.sent:,}",
             f"{row.delivered:,}",
             f"{row.bounced:,}",
@@ -83,14 +83,61 @@ def report(ctx: CliContext, campaign_id: int, top: int) -> None:
             f"{row.unsubscribed:,}",
             _count(row.opened),
             _count(row.clicked),
+            _percent(row.click_rate(stats.base)),
         )
     console.print(table)
+    if stats.base is Base.SENT:
+        console.print(
+            "No delivery events for this campaign (no SendGrid webhook): rates are of messages sent."
+        )
     for name in stats.missing_segments:
         console.print(f"[yellow]segment {name} is no longer in segments.toml: no row for it[/]")
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN", type=int)
+@click.option("--top", default=10, show_default=True, type=click.IntRange(0, 100), help="Links to list.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the report, with its charts, as one self-contained HTML file (--top links in it).",
+)
+@pass_context
+def report(ctx: CliContext, campaign_id: int, top: int, html_file: Path | None) -> None:
+    """What became of CAMPAIGN: sent, delivered, bounced, complained, unsubscribed, opened, clicked.
+
+    One row per segment (membership judged by the segment's rule today) and one for the whole
+    campaign; opens and clicks as unique people (total events), and the click rate: unique clickers
+    per message delivered (or sent, when no delivery was reported). Then the most clicked links.
+    Delivery, opens and clicks come from SendGrid's Event Webhook (`newsletter serve`).
+
+    With --html FILE, the same and more in one HTML file that loads nothing from anywhere: clicks
+    per hour over the first 72 hours, and across issues the click rate of each and the subscribers
+    who joined, unsubscribed and bounced week by week, as charts.
+    """
+    from pipeline.feedback.reports import campaign_stats  # the store loads only for this command
+    from pipeline.store.engine import open_store
+
+    with open_store(ctx.settings) as store:
+        stats = campaign_stats(store, campaign_id, top=top)
+        page = ""
+        if html_file is not None:
+            from pipeline.feedback.reportpage import ReportPage
+            from pipeline.feedback.trends import trends
+
+            page = ReportPage(ctx.settings).campaign(stats, trends(store))
+    _print_table(stats)
     if stats.links:
-        links = Table("clicks", "people", "link", title="Top links", title_justify="left")
+        links = Table("clicks", "people", "click rate", "link", title="Top links", title_justify="left")
         for link in stats.links:
-            links.add_row(f"{link.clicks:,}", f"{link.unique:,}", link.url)
+            links.add_row(f"{link.clicks:,}", f"{link.unique:,}", _percent(stats.link_rate(link)), link.url)
         console.print(links)
     elif top:
         console.print("No clicks reported.")
+    if html_file is not None:
+        try:
+            html_file.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"{html_file}: {exc.strerror or exc}") from None
+        console.print(f"Wrote the HTML report to {html_file} ({len(page.encode()) / 1024:,.0f} KB).")

@@ -4,12 +4,21 @@ Segment rows judge membership by each segment's rule *now* (tags may have change
 over every status, so people who left since still count where they were. Unsubscribes are the
 webhook's (tied to the campaign) plus the unsubscribe links used after this campaign reached a person
 and before the next one did: the link carries no campaign, so the issue they got last is credited.
+
+Rates are of messages *delivered* (SendGrid's ``delivered`` events) when the campaign has any, else
+of messages *sent* (SMTP, the outbox, or SendGrid without its webhook): ``CampaignStats.base`` says
+which. Clicks count people: a click is a ``delivery_events`` row of kind ``click`` with its ``url``,
+whoever recorded it (SendGrid's click tracking or our own redirect), and a person who clicks twice,
+or whose click both recorded, is one unique click. Opens are counted too, but machines open mail:
+Apple Mail Privacy Protection fetches every image of every message it receives.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sqlalchemy import ColumnElement, and_, distinct, exists, func, select, true
 from sqlalchemy.orm import aliased
@@ -23,6 +32,27 @@ from pipeline.store.tables import deliveries, delivery_events, subscriber_events
 
 UNSUBSCRIBE_KINDS = ("unsubscribe", "group_unsubscribe")
 ALL = "all"
+CLICK = "click"
+DELIVERED = "delivered"
+FIRST_HOURS = 72
+"""The hours after a campaign started whose first clicks ``CampaignStats.hourly`` counts."""
+
+
+class Base(StrEnum):
+    """What a rate is a share of: delivered messages, or (without delivery events) messages sent."""
+
+    DELIVERED = "delivered"
+    SENT = "sent"
+
+
+def base_of(delivered: int) -> Base:
+    """Delivered messages as the base when any delivery was reported, sent ones otherwise."""
+    return Base.DELIVERED if delivered else Base.SENT
+
+
+def rate(part: int, whole: int) -> float | None:
+    """``part / whole``, or None when there is nothing to divide by (no rate, rather than 0 %)."""
+    return part / whole if whole else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +74,21 @@ class SegmentStats:
     opened: Count
     clicked: Count
 
+    def reached(self, base: Base) -> int:
+        """The messages rates are a share of: delivered or sent."""
+        return self.delivered if base is Base.DELIVERED else self.sent
+
+    def click_rate(self, base: Base) -> float | None:
+        """Unique clickers per message reached."""
+        return rate(self.clicked.unique, self.reached(base))
+
 
 @dataclass(frozen=True, slots=True)
 class LinkStats:
     url: str
     clicks: int
     unique: int
+    """Distinct people who clicked the link."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +99,19 @@ class CampaignStats:
     links: list[LinkStats]
     missing_segments: list[str]
     """Segments the campaign went to that segments.toml no longer defines (no row for them)."""
+    base: Base
+    hourly: tuple[int, ...]
+    """People whose first click came in each hour after the campaign started (``FIRST_HOURS`` of
+    them; all zero before it started)."""
+
+    @property
+    def whole(self) -> SegmentStats:
+        """The row of the whole campaign."""
+        return self.rows[-1]
+
+    def link_rate(self, link: LinkStats) -> float | None:
+        """A link's unique clickers per message reached in the whole campaign."""
+        return rate(link.unique, self.whole.reached(self.base))
 
 
 def _any_status(segment: Segment) -> Segment:
@@ -123,12 +175,12 @@ def _segment_stats(store: Store, campaign_id: int, name: str, segment: Segment |
         segment=name,
         recipients=int(recipients),
         sent=int(sent),
-        delivered=kinds.get("delivered", none).total,
+        delivered=kinds.get(DELIVERED, none).total,
         bounced=kinds.get("bounce", none).total,
         complained=kinds.get("spamreport", none).total,
         unsubscribed=len(left),
         opened=kinds.get("open", none),
-        clicked=kinds.get("click", none),
+        clicked=kinds.get(CLICK, none),
     )
 
 
@@ -137,13 +189,34 @@ def _top_links(store: Store, campaign_id: int, top: int) -> list[LinkStats]:
     clicks = func.count()
     query = (
         select(e.url, clicks, func.count(distinct(e.subscriber_id)))
-        .where(e.campaign_id == campaign_id, e.kind == "click", e.url.is_not(None))
+        .where(e.campaign_id == campaign_id, e.kind == CLICK, e.url.is_not(None))
         .group_by(e.url)
         .order_by(clicks.desc(), e.url)
         .limit(top)
     )
     with store.read() as conn:
         return [LinkStats(str(url), int(n), int(u)) for url, n, u in conn.execute(query)]
+
+
+def first_clicks_by_hour(store: Store, campaign_id: int, started_at: dt.datetime | None) -> tuple[int, ...]:
+    """How many people clicked for the first time in each of the ``FIRST_HOURS`` hours after
+    ``started_at``: one row per clicker is read (a small share of the recipients) and bucketed here,
+    the same way on every engine."""
+    hours = [0] * FIRST_HOURS
+    if started_at is None:
+        return tuple(hours)
+    e = delivery_events.c
+    query = (
+        select(func.min(e.occurred_at))
+        .where(e.campaign_id == campaign_id, e.kind == CLICK, e.subscriber_id.is_not(None))
+        .group_by(e.subscriber_id)
+    )
+    with store.read() as conn:
+        for first in conn.scalars(query):
+            hour = int((first - started_at).total_seconds() // 3600)
+            if 0 <= hour < FIRST_HOURS:
+                hours[hour] += 1
+    return tuple(hours)
 
 
 def _segments(store: Store, names: Sequence[str]) -> tuple[list[Segment], list[str]]:
@@ -157,9 +230,17 @@ def _segments(store: Store, names: Sequence[str]) -> tuple[list[Segment], list[s
 
 
 def campaign_stats(store: Store, campaign_id: int, *, top: int = 10) -> CampaignStats:
-    """The report of ``newsletter report``: per-segment rows, the whole campaign, the ``top`` links."""
+    """The report of ``newsletter report``: per-segment rows, the whole campaign, the ``top`` links,
+    first clicks per hour."""
     campaign = campaigns.get_campaign(store, campaign_id)
     segments, missing = _segments(store, campaign.segments)
     rows = [_segment_stats(store, campaign_id, s.name, s) for s in segments]
     rows.append(_segment_stats(store, campaign_id, ALL, None))
-    return CampaignStats(campaign, rows, _top_links(store, campaign_id, top), missing)
+    return CampaignStats(
+        campaign,
+        rows,
+        _top_links(store, campaign_id, top),
+        missing,
+        base_of(rows[-1].delivered),
+        first_clicks_by_hour(store, campaign_id, campaign.started_at),
+    )

@@ -8,6 +8,7 @@ Routes (each area in its own module):
     GET  /confirm/{token}        double opt-in: a button   POST              confirms
     POST /webhooks/sendgrid      signed Event Webhook
     GET  /archive/, /archive/{slug}, /archive/feed.xml     issues that went out, and their feed
+    GET  /admin/reports, /admin/reports/{id}               the reports, behind the operator's password
     GET  /site.css               the pages' one stylesheet;  GET /  → /subscribe;  GET /favicon.ico
 
 Every response, errors included, carries the security headers of ``pipeline.web.security``.
@@ -37,7 +38,7 @@ from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.transports import open_transport
 from pipeline.transports.base import Transport
-from pipeline.web import archive, preferences, signup, unsubscribe, webhook
+from pipeline.web import admin, archive, preferences, signup, unsubscribe, webhook
 from pipeline.web.accesslog import hide_tokens
 from pipeline.web.context import WebContext, Worker, web, web_of
 from pipeline.web.pages import Pages
@@ -132,6 +133,7 @@ def create_app(
         *signup.routes,
         *webhook.routes,
         *archive.routes,
+        *admin.routes(settings, clock),
     ]
     app = Starlette(
         routes=routes,

@@ -195,6 +195,12 @@ class SlidingWindow:
                 self._forget(now)
             return allowed
 
+    def exhausted(self, key: str) -> bool:
+        """Whether ``key`` has no hit left in the current window (nothing is counted)."""
+        now = self.clock()
+        with self._lock:
+            return sum(1 for t in self._hits.get(key, ()) if t > now - self.window) >= self.limit
+
     def _forget(self, now: float) -> None:
         for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.window]:
             del self._hits[key]
