@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/dkim.py
 	$(BIN)/python bench/bounces.py
+	$(BIN)/python -m bench.webhook && $(BIN)/python -m bench.webhook --pg
 	$(BIN)/python -m bench.startup
 
 clean:

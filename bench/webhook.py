@@ -1,0 +1,266 @@
+"""Webhook ingest rate: `python -m bench.webhook [--events 50000] [--per-post 1000] [--pg]`.
+
+A fresh store (SQLite in a temp folder; with ``--pg`` a throwaway PostgreSQL server) gets one
+subscriber per five events and a running campaign recorded as sent to all of them. SendGrid's side
+(``tests/emulators/sendgrid_events``: a generated P-256 key, events shaped like SendGrid's, custom
+args and all) reports on those messages in phases, as SendGrid would over a day: processed, delivered
+(1 % bounce instead), open, click, and a last open (0.5 % unsubscribe, 0.2 % group unsubscribe,
+0.05 % spam report instead); one event in a hundred is a repeat of an earlier one (SendGrid retries).
+
+Two real uvicorn servers in this process take the same signed posts from one HTTP client, taking
+turns (ours, limit, limit, ours, …) so both see the same machine: ours is ``create_app``'s
+``POST /webhooks/sendgrid`` on the store; the limit is a bare Starlette route that reads the body,
+verifies the same ECDSA signature over ``timestamp + body`` and parses the JSON (``json.loads``),
+and does nothing else. Signing happens before a post's clock starts. Printed: events/s of each, the
+ratio, the load average. The exit status is 1 if a response or the store is wrong (every event kept
+once, every consent change made), never for the rate itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from pipeline.settings import Settings, load_settings
+from pipeline.store.engine import Store, connect
+from pipeline.store.tables import delivery_events, subscriber_events, subscribers
+from pipeline.web import create_app, server
+from pipeline.web.signature import load_public_key
+from tests.emulators.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_PATH, EventKey, event
+from tests.fixtures.store import running_postgres
+from tests.system import free_port
+from tests.transport_helpers import new_campaign
+from tests.web_support import mark_sent, readers, serving
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = b"bench-webhook-signing-key-0123456789abcdef"
+EVENTS_PER_PERSON = 5
+REPEAT_EVERY = 100
+"""One event in this many is a repeat of an earlier one."""
+CONSENT = {"bounce": 100, "unsubscribe": 200, "group_unsubscribe": 500, "spamreport": 2000}
+"""One person in N gets this event (bounce instead of delivered, the others instead of the last open)."""
+
+
+@dataclass
+class Timings:
+    """Seconds per post of one route, and the events those posts carried."""
+
+    seconds: list[float] = field(default_factory=list)
+    events: int = 0
+
+    def rate(self) -> float:
+        return self.events / sum(self.seconds)
+
+
+def bare_app(public_key: str) -> Starlette:
+    """The limit: what any webhook must do (read, verify, parse) and nothing it need not."""
+    key = load_public_key(public_key)
+
+    async def receive(request: Request) -> Response:
+        body = await request.body()
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        try:
+            signature = base64.b64decode(request.headers.get(SIGNATURE_HEADER, ""), validate=True)
+            key.verify(signature, timestamp.encode("ascii") + body, ec.ECDSA(hashes.SHA256()))
+        except (ValueError, InvalidSignature):
+            return PlainTextResponse("Forbidden", status_code=403)
+        items = json.loads(body)
+        return JSONResponse({"received": len(items)})
+
+    return Starlette(routes=[Route(WEBHOOK_PATH, receive, methods=["POST"])])
+
+
+def phases(recipients: list[tuple[int, int, str]], campaign_id: int) -> list[dict[str, Any]]:
+    """Five events per recipient, phase after phase, with the consent events of ``CONSENT``."""
+    found: list[dict[str, Any]] = []
+    for phase in range(EVENTS_PER_PERSON):
+        for index, (delivery_id, subscriber_id, email) in enumerate(recipients):
+            kind, fields = ("processed", "delivered", "open", "click", "open")[phase], dict[str, Any]()
+            if phase == 1 and index % CONSENT["bounce"] == 0:
+                kind, fields = "bounce", {"type": "bounce", "reason": f"550 5.1.1 <{email}>: no such user"}
+            elif phase == 3:
+                fields = {"url": f"https://news.example.org/archive/?ref={index}"}
+            elif phase == 4:
+                for consent in ("unsubscribe", "group_unsubscribe", "spamreport"):
+                    if index % CONSENT[consent] == 1:
+                        kind, fields = consent, {"asm_group_id": 1} if consent == "group_unsubscribe" else {}
+            found.append(
+                event(
+                    kind,
+                    email,
+                    campaign_id=campaign_id,
+                    subscriber_id=subscriber_id,
+                    delivery_id=delivery_id,
+                    **fields,
+                )
+            )
+    chance = random.Random(16)
+    for index in range(REPEAT_EVERY - 1, len(found), REPEAT_EVERY):
+        found[index] = found[chance.randrange(index)]
+    return found
+
+
+def bench_settings(store_url: str, key: EventKey) -> Settings:
+    """The repository's settings (issues, segments) with the bench's store and webhook key."""
+    base = load_settings(ROOT / "settings.toml")
+    return base.model_copy(
+        update={
+            "store": base.store.model_copy(update={"url": store_url}),
+            "web": base.web.model_copy(update={"webhook_public_key": key.public_key}),
+        }
+    )
+
+
+@contextmanager
+def store_at(pg: bool, folder: Path) -> Iterator[str]:
+    """The URL of an empty, migrated store: SQLite in ``folder`` or a database of a fresh PostgreSQL."""
+    if not pg:
+        yield f"sqlite:///{folder / 'store.db'}"
+        return
+    with running_postgres() as postgres:
+        yield postgres.url(postgres.create_database())
+
+
+def post(client: httpx2.Client, url: str, body: bytes, key: EventKey) -> tuple[float, httpx2.Response]:
+    """One signed post; seconds from the first byte sent to the whole answer read."""
+    headers = key.headers(body)
+    started = time.perf_counter()
+    response = client.post(url, content=body, headers=headers)
+    return time.perf_counter() - started, response
+
+
+def check(store: Store, items: list[dict[str, Any]], answers: list[dict[str, int]]) -> list[str]:
+    """What is wrong with the store after the posts (nothing, when every event was kept once and every
+    consent change made)."""
+    unique = {item["sg_event_id"]: item for item in items}
+    consent = sum(item["event"] in CONSENT for item in unique.values())
+    totals = {
+        name: sum(answer[name] for answer in answers) for name in ("stored", "duplicates", "status_changes")
+    }
+    with store.read() as conn:
+        kept = conn.execute(select(func.count()).select_from(delivery_events)).scalar_one()
+        changes = conn.execute(
+            select(func.count()).where(subscriber_events.c.actor == "webhook")
+        ).scalar_one()
+    expected = {"stored": len(unique), "duplicates": len(items) - len(unique), "status_changes": consent}
+    wrong = [
+        f"{name}: {totals[name]:,}, expected {expected[name]:,}"
+        for name in expected
+        if totals[name] != expected[name]
+    ]
+    if kept != len(unique):
+        wrong.append(f"{kept:,} events in the store, expected {len(unique):,}")
+    if changes != consent:
+        wrong.append(f"{changes:,} consent changes logged, expected {consent:,}")
+    return wrong
+
+
+def run(events: int, per_post: int, pg: bool) -> list[str]:
+    key = EventKey()
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhook-")))
+        url = stack.enter_context(store_at(pg, folder))
+        settings = bench_settings(url, key)
+        store = stack.enter_context(
+            connect(url, KEY, segments_file=settings.path(settings.newsletter.segments_file))
+        )
+        people = -(-events // EVENTS_PER_PERSON)
+        readers(store, folder, people)
+        campaign = new_campaign(store, settings)
+        sent = mark_sent(store, campaign.id, people)
+        with store.read() as conn:
+            email_of = dict(conn.execute(select(subscribers.c.id, subscribers.c.email)).all())
+        items = phases([(d, s, email_of[s]) for d, s in sent], campaign.id)[:events]
+        bodies = [json.dumps(items[i : i + per_post]).encode() for i in range(0, len(items), per_post)]
+
+        ours_port, bare_port = free_port(), free_port()
+        stack.enter_context(serving(server(create_app(settings, store), "127.0.0.1", ours_port)))
+        stack.enter_context(serving(server(bare_app(key.public_key), "127.0.0.1", bare_port)))
+        client = stack.enter_context(httpx2.Client(timeout=120))
+        routes = {
+            "ours": f"http://127.0.0.1:{ours_port}{WEBHOOK_PATH}",
+            "limit": f"http://127.0.0.1:{bare_port}{WEBHOOK_PATH}",
+        }
+        timings = {name: Timings() for name in routes}
+        answers: list[dict[str, int]] = []
+        wrong: list[str] = []
+        load_before = os.getloadavg()
+        for index, body in enumerate(bodies):
+            count = min(per_post, len(items) - index * per_post)
+            order = ("ours", "limit") if index % 2 == 0 else ("limit", "ours")
+            for name in order:
+                seconds, response = post(client, routes[name], body, key)
+                if response.status_code != 200:
+                    wrong.append(
+                        f"{name}: post {index} answered {response.status_code} {response.text[:200]}"
+                    )
+                    continue
+                timings[name].seconds.append(seconds)
+                timings[name].events += count
+                if name == "ours":
+                    answers.append(response.json())
+        load_after = os.getloadavg()
+        wrong += check(store, items, answers)
+
+    engine = "PostgreSQL 15" if pg else "SQLite"
+    ours, limit = timings["ours"], timings["limit"]
+    print(f"SendGrid Event Webhook, {engine}: {len(items):,} signed events in posts of {per_post:,}")
+    print(f"  ({people:,} subscribers sent one campaign; one event in {REPEAT_EVERY} a repeat)")
+    for name, label in (
+        ("ours", "ours  POST /webhooks/sendgrid"),
+        ("limit", "limit bare route: verify + parse"),
+    ):
+        timing = timings[name]
+        median = statistics.median(timing.seconds) * 1000 if timing.seconds else float("nan")
+        print(f"  {label:<34} {timing.rate():>9,.0f} events/s  (median post {median:,.1f} ms)")
+    ratio = ours.rate() / limit.rate()
+    print(f"  ratio ours / limit: {ratio:.3f} (1/{1 / ratio:.1f})")
+    print(
+        "  load average (1, 5, 15 min): "
+        f"{' '.join(f'{x:.2f}' for x in load_before)} before, {' '.join(f'{x:.2f}' for x in load_after)} after"
+        f" ({os.cpu_count()} cores)"
+    )
+    stored = sum(answer["stored"] for answer in answers)
+    changes = sum(answer["status_changes"] for answer in answers)
+    print(
+        f"  store: {stored:,} events kept, {len(items) - stored:,} repeats skipped, {changes:,} status changes"
+    )
+    return wrong
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events posted to each route")
+    parser.add_argument("--per-post", type=int, default=1_000, help="events in one post")
+    parser.add_argument("--pg", action="store_true", help="store on a throwaway PostgreSQL server")
+    args = parser.parse_args()
+    wrong = run(args.events, args.per_post, args.pg)
+    for problem in wrong:
+        print(f"WRONG: {problem}")
+    sys.exit(1 if wrong else 0)
+
+
+if __name__ == "__main__":
+    main()
