@@ -1,13 +1,17 @@
 """A newsletter from nothing: the wheel installed in a fresh virtual environment outside the repository
-is all a new user has, and `newsletter init`, `check`, `render`, `subscribers add` and an outbox `send`
-work there; the project's pre-commit hook runs under pre-commit itself."""
+is all a new user has, and `newsletter init`, `check`, `preview`, `render`, `subscribers add` and an
+outbox `send` work there; the project's pre-commit hook runs under pre-commit itself."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import pytest
 
 from pipeline.settings import SECRET_ENV_NAMES, SETTINGS_ENV
 from tests.paths import REPO
+from tests.system import free_port
 
 INIT = (
     "init", "news",
@@ -70,7 +75,36 @@ def install(bin_dir: Path, *requirements: str | Path, cwd: Path) -> None:
     shell(*pip, *requirements, cwd=cwd, env=clean_env(bin_dir), timeout=900)
 
 
-def test_from_the_wheel_alone_a_new_newsletter_checks_renders_and_sends(
+def preview_index(project: Path, env: Mapping[str, str]) -> str:
+    """The index page of `newsletter preview` started in ``project``, which is stopped after (Ctrl-C)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["newsletter", "preview", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+                    assert answer.status == 200
+                    return str(answer.read().decode("utf-8"))
+            except urllib.error.URLError:
+                assert server.poll() is None, server.communicate()
+                assert time.monotonic() < deadline, "the preview did not answer within 60 s"
+                time.sleep(0.2)
+    finally:
+        if server.poll() is None:  # it answered: Ctrl-C stops it cleanly
+            server.send_signal(signal.SIGINT)
+            output = server.communicate(timeout=30)
+            assert server.returncode == 0, output
+
+
+def test_from_the_wheel_alone_a_new_newsletter_checks_previews_renders_and_sends(
     venv_bin: Path, tmp_path: Path
 ) -> None:
     env = clean_env(venv_bin)
@@ -83,6 +117,7 @@ def test_from_the_wheel_alone_a_new_newsletter_checks_renders_and_sends(
     relative = f"issues/{issue.name}"
     checked = shell("newsletter", "check", cwd=news, env=env)
     strict = shell("newsletter", "check", "--strict", cwd=news, env=env)
+    index = preview_index(news, env)
     listing = shell("newsletter", "templates", "list", cwd=news, env=env)
     shell("newsletter", "render", relative, cwd=news, env=env)
     shell("newsletter", "subscribers", "add", "ana@example.org", "--name", "Ana", cwd=news, env=env)
@@ -90,6 +125,9 @@ def test_from_the_wheel_alone_a_new_newsletter_checks_renders_and_sends(
 
     for result in (checked, strict):
         assert result.stdout.splitlines()[-1] == "1 file checked: 0 error(s), 0 warning(s)"
+    assert f'<a href="/issue/{issue.stem}">{issue.stem}</a>' in index
+    assert "<td>Your first issue, section by section</td>" in index
+    assert 'class="ok" data-status' in index, "the sample passes the check the preview runs"
     assert "weekly.mjml.j2" in listing.stdout and "partials/footer.mjml.j2" in listing.stdout
     html = (news / "rendered" / f"{issue.stem}.html").read_text(encoding="utf-8")
     assert "Field Notes" in html and "12 Elm Road" in html
