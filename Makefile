@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bounces.py
 	$(BIN)/python -m bench.webhook && $(BIN)/python -m bench.webhook --pg
 	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.preview
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache

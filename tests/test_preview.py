@@ -103,6 +103,8 @@ def rgb(hex_colour: str) -> str:
 def test_a_new_title_shows_in_every_view_without_a_reload(page: Page, live: Live) -> None:
     open_issue(page, live)
     expect(page.locator(".inbox [data-subject]")).to_have_text(SUBJECT)
+    desktop = page.locator('iframe[data-view="desktop"]')
+    desktop.evaluate("frame => frame.contentWindow.scrollTo(0, 600)")
 
     live.issue.write_text(
         replaced(live.issue, SUBJECT, "Guilt is a feeling, not a verdict"), encoding="utf-8"
@@ -114,6 +116,7 @@ def test_a_new_title_shows_in_every_view_without_a_reload(page: Page, live: Live
         expect(frame(page, view).locator("h1").first).to_have_text(new, timeout=WAIT_MS)
     expect(page.locator("pre[data-view=text]")).to_contain_text(new, timeout=WAIT_MS)
     expect(page).to_have_title(f"{new} · preview")
+    assert desktop.evaluate("frame => frame.contentWindow.scrollY") == 600, "the reader's place is kept"
     assert not_reloaded(page)
     assert not live.console
 
@@ -143,6 +146,20 @@ def test_broken_yaml_shows_its_error_at_its_line_and_fixing_it_brings_the_email_
     expect(page.locator("[data-status]")).to_have_text("ok")
     assert not_reloaded(page)
     assert not live.console
+
+
+def test_a_page_opened_on_a_broken_issue_shows_the_email_once_it_is_fixed(page: Page, live: Live) -> None:
+    good = live.issue.read_text(encoding="utf-8")
+    save(live.issue, good.replace("subject:", "subject: [", 1))
+    page.goto(f"{live.url}/issue/{NAME}")
+    expect(page.locator("[data-broken]")).to_contain_text("YAML syntax")
+    expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=WAIT_MS)
+
+    save(live.issue, good)
+
+    for view in ("desktop", "phone", "dark"):
+        expect(frame(page, view).locator("h1").first).to_have_text(SUBJECT, timeout=WAIT_MS)
+    assert page_colour(page, "dark") == rgb(DARK["page"])
 
 
 def test_an_edit_of_a_template_the_project_overrides_shows_and_so_does_its_error(

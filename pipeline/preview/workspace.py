@@ -132,8 +132,9 @@ class Workspace:
     def poll(self) -> Changes:
         """Look at the files once; forget what they change and return it."""
         with self._lock:
-            before, watched = self._snapshot, self.watched
-            found = changes(watched, before, snapshot(watched))
+            watched = self.watched
+            after = snapshot(watched)
+            found = changes(watched, self._snapshot, after)
             if found.settings:
                 self._reload_settings()
             elif found.templates:
@@ -144,7 +145,8 @@ class Workspace:
                 self._views.clear()
             for path in found.issues:
                 self._views.pop(path, None)
-            self._snapshot = snapshot(self.watched)  # the settings may have moved the folders
+            # New settings may name other folders: look at those from now on.
+            self._snapshot = snapshot(self.watched) if self.watched != watched else after
             return found
 
     def _reload_settings(self) -> None:
