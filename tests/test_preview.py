@@ -25,6 +25,7 @@ from playwright.sync_api import FrameLocator, Page, expect
 
 from pipeline.audience.linkowner import Opens, link_owner
 from pipeline.preview import Workspace, create_app, server
+from pipeline.preview.app import Hub
 from pipeline.render.links import PREFERENCES, UNSUBSCRIBE
 from pipeline.render.renderer import DARK, LIGHT
 from pipeline.settings import load_settings
@@ -44,6 +45,7 @@ SUBJECT = "Guilt isn't a verdict: start by naming it"
 class Live:
     url: str
     project: Path
+    hub: Hub
     console: list[str] = field(default_factory=list)
 
     @property
@@ -56,8 +58,9 @@ def live(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
     """The preview of the project copy under uvicorn on a free port, in a background thread."""
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)
     port = free_port()
-    with serving(server(create_app(Workspace(project / "settings.toml")), "127.0.0.1", port)):
-        yield Live(f"http://127.0.0.1:{port}", project)
+    app = create_app(Workspace(project / "settings.toml"))
+    with serving(server(app, "127.0.0.1", port)):
+        yield Live(f"http://127.0.0.1:{port}", project, app.state.preview.hub)
 
 
 def save(path: Path, text: str) -> None:
@@ -236,6 +239,38 @@ def test_the_index_lists_every_issue_with_its_check_status_and_follows_saves(pag
         f"issues/{warned.name}:{subject_line + 1}:10: warning: subject: {len(long_subject)} characters; "
         "phones cut it after about 60"
     )
+
+
+def set_hidden(page: Page, hidden: bool) -> None:
+    """What the browser does when the tab goes to the background (or comes back)."""
+    page.evaluate(
+        "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange')); }",
+        hidden,
+    )
+
+
+def wait_for_listeners(live: Live, count: int) -> None:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while live.hub.listeners != count:
+        assert time.monotonic() < deadline, f"{live.hub.listeners} event streams open, not {count}"
+        time.sleep(0.02)
+
+
+def test_a_background_tab_gives_its_stream_up_and_catches_up_when_shown(page: Page, live: Live) -> None:
+    open_issue(page, live)
+    wait_for_listeners(live, 1)
+
+    set_hidden(page, True)
+    wait_for_listeners(live, 0)  # browsers allow six connections per host: hidden tabs hold none
+    save(live.issue, replaced(live.issue, SUBJECT, "Saved while the tab was hidden"))
+    set_hidden(page, False)
+
+    expect(frame(page, "desktop").locator("h1").first).to_have_text(
+        "Saved while the tab was hidden", timeout=WAIT_MS
+    )
+    wait_for_listeners(live, 1)
+    assert not_reloaded(page)
 
 
 def test_the_dark_phone_is_dark_and_the_light_views_stay_light_on_a_dark_system(

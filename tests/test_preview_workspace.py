@@ -188,3 +188,28 @@ def test_only_this_machine_names_reach_the_preview_unless_it_listens_wider(works
     assert TestClient(app, base_url="http://127.0.0.1:8001").get("/live.js").status_code == 200
     rebound = TestClient(app, base_url="http://attacker.example:8001").get("/")
     assert rebound.status_code == 400  # a page whose name was rebound to 127.0.0.1 reads nothing
+
+
+def test_an_issue_that_is_not_there_is_a_page_that_says_so(workspace: Workspace) -> None:
+    client = TestClient(create_app(workspace), base_url="http://127.0.0.1:8001")
+
+    page = client.get("/issue/no-such-issue")
+    state = client.get("/issue/no-such-issue/state")
+
+    assert page.status_code == 404 and "There is no issue file called no-such-issue" in page.text
+    assert state.status_code == 404 and state.json()["email"] is None
+    assert client.get("/issue/no-such-issue/html").status_code == 404
+
+
+def test_any_file_name_gets_its_page_and_its_copy(project: Path, workspace: Workspace) -> None:
+    shutil.copy2(project / "issues" / FIRST_ISSUE, project / "issues" / "Draft notes.yaml")
+    client = TestClient(create_app(workspace), base_url="http://127.0.0.1:8001")
+
+    index = client.get("/")
+    page = client.get("/issue/Draft%20notes")
+    message = client.get("/issue/Draft%20notes/eml")
+
+    assert 'href="/issue/Draft%20notes"' in index.text
+    assert page.status_code == 200 and "should be YYYY-MM-DD-slug.yaml" in page.text
+    assert message.headers["content-type"] == "message/rfc822"
+    assert b"Subject: Guilt isn't a verdict: start by naming it" in message.content

@@ -42,7 +42,8 @@ from pipeline.render.renderer import PACKAGED_TEMPLATES
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0
-"""A comment on each idle event stream this often, so a closed tab's stream is noticed and ended."""
+"""A comment on each idle event stream this often: a closed tab's stream ends at the latest then, even
+where the server does not report the disconnect."""
 GRACE_SECONDS = 5
 """How long a stopping server waits for requests still rendering."""
 CSP = (
@@ -61,6 +62,11 @@ class Hub:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.closed = False
+
+    @property
+    def listeners(self) -> int:
+        """Open event streams: one per visible page."""
+        return len(self._queues)
 
     def publish(self, event: dict[str, Any]) -> None:
         for queue in self._queues:
