@@ -177,6 +177,10 @@ class NewsletterSettings(Section):
     base_url: Annotated[str, AfterValidator(_base_url)] = Field(
         description="Public URL of `newsletter serve`: unsubscribe, preferences and view-in-browser links."
     )
+    description: NonEmpty = Field(
+        "a weekly newsletter",
+        description='What the newsletter is, after its name: the footer\'s "subscribed to NAME, DESCRIPTION".',
+    )
     postal_address: NonEmpty = Field(description="Sender's postal address; required in every footer by law.")
     timezone: TimeZone = Field("UTC", description="IANA time zone in which issue dates are read.")
     language: NonEmpty = Field("en", description="BCP 47 language tag of the newsletter (the html lang).")
@@ -457,7 +461,9 @@ def find_settings_file(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``explicit``, else $NEWSLETTER_SETTINGS, else ./settings.toml."""
     candidate = Path(explicit or os.environ.get(SETTINGS_ENV) or "settings.toml")
     if not candidate.is_file():
-        raise SettingsError(f"{candidate}: settings file not found (use --settings PATH or ${SETTINGS_ENV})")
+        raise SettingsError(
+            f"{candidate}: settings file not found (use --settings PATH or ${SETTINGS_ENV}, or start a newsletter with `newsletter init DIR`)"
+        )
     return candidate
 
 

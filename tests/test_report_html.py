@@ -76,6 +76,14 @@ def chart(page: Page, key: str) -> list[dict[str, Any]]:
     return values
 
 
+def ticks(page: Page, key: str) -> list[str]:
+    """The labels of a chart's value axis, bottom up."""
+    found: list[str] = page.locator(f'figure[data-chart="{key}"] text.tick.y').evaluate_all(
+        "all => all.map(tick => tick.textContent)"
+    )
+    return found
+
+
 def by_series(marks: list[dict[str, Any]], series: str) -> list[float]:
     return [mark["value"] for mark in marks if mark["series"] == series]
 
@@ -109,6 +117,8 @@ def test_the_report_s_charts_show_the_store_s_numbers_in_chromium(
     assert hours[26]["height"] == pytest.approx(hours[0]["height"], abs=0.5)
     assert all(mark["height"] < 0.5 for hour, mark in enumerate(hours) if hour not in HOURLY)
     assert hours[1]["title"] == "1 h: 2 first clicks"
+    assert ticks(page, "clicks-by-hour") == ["0", "1", "2"]
+    assert ticks(page, "click-rate-by-issue") == ["0%", "20%", "40%", "60%"]
     issues = chart(page, "click-rate-by-issue")
     assert [mark["value"] for mark in issues] == [
         round(CLICKERS / DELIVERED, 6),
@@ -137,6 +147,35 @@ def test_a_campaign_without_delivery_events_says_its_rates_are_of_messages_sent(
     assert "No delivery events for this campaign" in page.locator("#base").inner_text()
     assert page.locator('[data-metric="click-rate"] .value').inner_text() == "12.5%"
     assert [mark["current"] for mark in chart(page, "click-rate-by-issue")] == [False, True]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_no_accessibility_problem_in_the_report(
+    store: Store,
+    settings: Settings,
+    tmp_path: Path,
+    known: Known,
+    chromium: Browser,
+    axe_script: Path,
+    scheme: str,
+) -> None:
+    # The page's CSP allows no script, axe included: this context ignores it (the page itself has none).
+    context = chromium.new_context(bypass_csp=True, color_scheme=scheme)  # type: ignore[arg-type]
+    try:
+        page = context.new_page()
+        page.goto(report_file(store, settings, tmp_path, known.first))
+        page.add_script_tag(path=str(axe_script))
+        results: dict[str, Any] = page.evaluate("async () => await axe.run()")
+    finally:
+        context.close()
+
+    problems = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:5]}"
+        for v in results["violations"]
+    ]
+    assert problems == [], "\n".join(problems)
+    passed = {rule["id"] for rule in results["passes"]}
+    assert {"svg-img-alt", "color-contrast", "landmark-one-main", "page-has-heading-one"} <= passed
 
 
 # --- the operator's pages -----------------------------------------------------------------------

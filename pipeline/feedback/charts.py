@@ -143,11 +143,12 @@ class _Frame:
                 )
         return out
 
-    def mark(self, tag: str, series: Series, i: int, geometry: str) -> str:
-        """One bar or point, with its number in a title and in data attributes."""
-        chart, value = self.chart, series.values[i]
-        label = chart.labels[i]
-        index = chart.series.index(series)
+    def mark(self, tag: str, index: int, i: int, geometry: str) -> str:
+        """Value ``i`` of series ``index`` as a bar or point, with its number in a title and in data
+        attributes."""
+        chart = self.chart
+        series, label = chart.series[index], chart.labels[i]
+        value = series.values[i]
         current = " current" if i == chart.highlight else ""
         return (
             f'<{tag} class="series-{index}{current}" {geometry} data-series="{escape(series.name)}" '
@@ -178,7 +179,7 @@ def _bars(chart: Chart) -> str:
             geometry = (
                 f'x="{_n(x)}" y="{_n(y)}" width="{_n(max(inner - 0.5, 0.5))}" height="{_n(frame.y(0) - y)}"'
             )
-            body.append(frame.mark("rect", series, i, geometry))
+            body.append(frame.mark("rect", index, i, geometry))
     return _svg(chart, "bars", body)
 
 
@@ -191,7 +192,7 @@ def _line(chart: Chart) -> str:
         body.append(f'<polyline class="line series-{index}" points="{path}"/>')
         radius = 3.5 if len(points) <= 60 else 2
         body.extend(
-            frame.mark("circle", series, i, f'cx="{_n(x)}" cy="{_n(y)}" r="{radius}"')
+            frame.mark("circle", index, i, f'cx="{_n(x)}" cy="{_n(y)}" r="{radius}"')
             for i, (x, y) in enumerate(points)
         )
     return _svg(chart, "line", body)

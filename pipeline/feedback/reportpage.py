@@ -69,9 +69,10 @@ def issues_chart(issues: list[IssueRate], current: int | None) -> Markup:
         highlight=ids.index(current) if current in ids else None,
     )
     cut = f"The latest {SHOWN} campaigns. " if len(issues) > SHOWN else ""
+    this = " The darker bar is this campaign." if chart.highlight is not None else ""
     return bar_chart(
         chart,
-        f"{cut}Unique clickers per message delivered (or sent, for a campaign without delivery events).",
+        f"{cut}Unique clickers per message delivered (or sent, for a campaign without delivery events).{this}",
     )
 
 
