@@ -20,8 +20,10 @@ import pytest
 import yaml
 
 from pipeline.cli.context import console, console_err
+from pipeline.content.issue import load_issue
 from pipeline.content.newproject import STARTER
-from pipeline.render.renderer import PACKAGED_TEMPLATES
+from pipeline.render.overrides import PACKAGED_TEMPLATES
+from pipeline.render.renderer import render
 from pipeline.settings import SECRET_ENV_NAMES, SETTINGS_ENV, load_settings
 from tests.fixtures.project import CliInvoker, cli_invoker
 from tests.paths import REPO
@@ -139,6 +141,20 @@ def test_a_new_project_checks_strictly_renders_and_sends(run: CliInvoker, news: 
     assert message["Subject"] == "Your first issue, section by section"
     assert "campaign: 1 sent of 1 recipients" in sent.output
     assert (news / "var" / "secret.key").is_file(), "the SQLite project made its own signing key"
+
+
+def test_the_footer_says_what_the_newsletter_is_in_its_own_words(run: CliInvoker, tmp_path: Path) -> None:
+    """Nothing of the sample newsletter (The Juggle's "for working parents") reaches another one."""
+    run("init", "news", *OPTIONS, "--description", "notes from a year of field work")
+    settings = load_settings(tmp_path / "news" / "settings.toml")
+    issue_file = load_issue(sample_issue(tmp_path / "news"))
+
+    rendered = render(issue_file, settings)
+
+    for part in (rendered.html, rendered.text):
+        text = " ".join(part.with_tags(str.upper).split())
+        assert "Field Notes, notes from a year of field work" in text
+        assert "working parents" not in text
 
 
 def test_without_its_segments_file_a_project_sends_to_everyone(run: CliInvoker, news: Path) -> None:

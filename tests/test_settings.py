@@ -404,6 +404,7 @@ THE_JUGGLE = NewProject(
     from_email="hello@news.example.org",
     postal_address="The Juggle, 100 Example Street, Suite 4, Portland, OR 97201, USA",
     timezone="America/New_York",
+    description="a weekly letter for working parents",
     reply_to="editors@news.example.org",
     unsubscribe_mailto="unsubscribe@news.example.org",
 )

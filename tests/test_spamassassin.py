@@ -202,8 +202,8 @@ def test_check_spam_points_at_the_file_when_a_template_holds_the_phrase(
 ) -> None:
     edit(
         own_template(project, "partials/footer.mjml.j2"),
-        "a weekly letter for working parents.",
-        f"a weekly letter for working parents who {PHRASE}.",
+        "{{ newsletter.description }}.",
+        f"{{{{ newsletter.description }}}} who {PHRASE}.",
     )
     path = project / "issues" / FIRST_ISSUE
 

@@ -147,8 +147,9 @@ class _Group(click.Group):
 def cli(ctx: click.Context, settings_path: str | None, verbose: int, quiet: bool) -> None:
     """Validate, render and send a newsletter whose issues are YAML files kept in git.
 
-    Start with `newsletter new "Title"` to draft an issue, `newsletter check` before committing it,
-    and `newsletter render ISSUE` to see exactly what subscribers will get.
+    New here? `newsletter init DIR` starts a newsletter. Then `newsletter new "Title"` drafts an issue,
+    `newsletter preview` shows it live as you edit it, `newsletter check` checks it before you commit,
+    and `newsletter render ISSUE` writes exactly what subscribers will get.
     """
     from rich.logging import RichHandler
 

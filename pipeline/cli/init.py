@@ -16,6 +16,7 @@ OPTIONS = {
     "from_email": "--from-email",
     "postal_address": "--postal-address",
     "timezone": "--timezone",
+    "description": "--description",
 }
 """The option that gives each value of the new settings (the From name is the newsletter's name)."""
 QUESTIONS = {
@@ -36,6 +37,12 @@ QUESTIONS = {
 @click.option(
     "--timezone", default="UTC", show_default=True, help="IANA time zone of issue dates and send times."
 )
+@click.option(
+    "--description",
+    default="a weekly newsletter",
+    show_default=True,
+    help='What it is, after its name: the footer says "subscribed to NAME, DESCRIPTION".',
+)
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty; files there are kept.")
 def init(
     directory: Path,
@@ -44,6 +51,7 @@ def init(
     from_email: str | None,
     postal_address: str | None,
     timezone: str,
+    description: str,
     force: bool,
 ) -> None:
     """Start a newsletter in DIR: settings, a sample issue, segments, and checks for git and CI.
@@ -78,7 +86,12 @@ def init(
                 values[key] = click.prompt(QUESTIONS[key], default=values[key] or None)
         given = {key: value or "" for key, value in values.items()}
         project = NewProject(
-            given["name"], given["base_url"], given["from_email"], given["postal_address"], timezone
+            given["name"],
+            given["base_url"],
+            given["from_email"],
+            given["postal_address"],
+            timezone,
+            description,
         )
         wrong = problems(project)
         if not wrong:

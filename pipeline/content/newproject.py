@@ -42,6 +42,7 @@ class NewProject:
     from_email: str
     postal_address: str
     timezone: str = "UTC"
+    description: str = "a weekly newsletter"
     from_name: str | None = None
     """Defaults to ``name``."""
     reply_to: str | None = None
@@ -55,6 +56,7 @@ _FIELDS = {
     ("newsletter", "base_url"): "base_url",
     ("newsletter", "postal_address"): "postal_address",
     ("newsletter", "timezone"): "timezone",
+    ("newsletter", "description"): "description",
     ("sender", "from_email"): "from_email",
     ("sender", "from_name"): "from_name",
     ("sender", "reply_to"): "reply_to",
@@ -78,6 +80,7 @@ def settings_text(project: NewProject) -> str:
     domain = project.from_email.rpartition("@")[2] or "example.org"
     return Template(SETTINGS_TEMPLATE.read_text(encoding="utf-8")).substitute(
         name=_toml(project.name),
+        description=_toml(project.description),
         base_url=_toml(project.base_url),
         postal_address=_toml(project.postal_address),
         timezone=_toml(project.timezone),

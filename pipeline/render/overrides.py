@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ContentError, Problem
-from pipeline.render.renderer import PACKAGED_TEMPLATES
+
+PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+"""The templates that ship with the package: every newsletter starts from them (here, not in
+renderer.py, so listing and ejecting them loads neither Jinja2 nor MJML)."""
 
 
 @dataclass(frozen=True, slots=True)

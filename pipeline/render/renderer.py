@@ -25,6 +25,7 @@ from pipeline.errors import ContentError, Problem
 from pipeline.recipient import PersonalFields
 from pipeline.render import markup
 from pipeline.render.links import archive_url
+from pipeline.render.overrides import PACKAGED_TEMPLATES
 from pipeline.settings import Settings
 
 PERSONAL_FIELDS = PersonalFields._fields
@@ -130,8 +131,6 @@ def _on_text(function: Callable[..., Any]) -> Callable[..., Any]:
     return text_filter
 
 
-PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-"""The templates that ship with the package: every newsletter starts from them."""
 WEB_CONTENT = "web/issue_content.html.j2"
 """An issue's content for the web (its archive page, its feed entry), rendered with the email from
 the same context: a campaign stores it, so the archive shows the issue as it was sent."""
