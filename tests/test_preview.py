@@ -338,6 +338,7 @@ def test_ctrl_c_stops_the_command_and_ends_the_open_event_streams(project: Path)
             process.kill()
             process.wait()
     assert process.returncode == 0, err
+    assert b"Traceback" not in err and b"ERROR" not in err, err.decode()
     assert (
         out.decode().splitlines()[0] == f"Previewing The Juggle on http://127.0.0.1:{port}/ (Ctrl-C to stop)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from pipeline.preview import Workspace, allowed_hosts, create_app
 from pipeline.preview.schemes import as_seen_in
 from pipeline.preview.watch import Watched, changes, snapshot
 from pipeline.settings import load_settings
-from tests.fixtures.project import FIRST_ISSUE, own_template
+from tests.fixtures.project import FIRST_ISSUE, cli_invoker, own_template
 
 SECOND_ISSUE = "2026-12-08-realistic-expectations.yaml"
 
@@ -213,3 +214,18 @@ def test_any_file_name_gets_its_page_and_its_copy(project: Path, workspace: Work
     assert page.status_code == 200 and "should be YYYY-MM-DD-slug.yaml" in page.text
     assert message.headers["content-type"] == "message/rfc822"
     assert b"Subject: Guilt isn't a verdict: start by naming it" in message.content
+
+
+def test_a_port_in_use_is_one_clear_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "p" * 40)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = cli_invoker(project / "settings.toml")("preview", "--port", str(port), expect=1)
+
+    assert result.output.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(is a preview running already? try --port)"
+    )

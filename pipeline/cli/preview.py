@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pipeline.cli.context import CliContext, console, console_err, pass_context
+from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -57,6 +60,9 @@ def preview(ctx: CliContext, host: str, port: int, open_browser: bool) -> None:
             f"[yellow]warning:[/] listening on {host}: anyone who can reach it can read your drafts",
             soft_wrap=True,
         )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # uvicorn's start and stop lines: -vv
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    listening = _listen(host, port)
     uvicorn_server = server(create_app(workspace, hosts=allowed_hosts(host)), host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     console.print(
@@ -66,8 +72,22 @@ def preview(ctx: CliContext, host: str, port: int, open_browser: bool) -> None:
         threading.Thread(target=_open_when_started, args=(uvicorn_server, url), daemon=True).start()
     # uvicorn shuts down gracefully on Ctrl-C, then passes it on: for `preview` that is a normal stop.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn_server.run()
+        uvicorn_server.run(sockets=[listening])
     console.print("Stopped.")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything starts: a port in use is one clear line."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise PipelineError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is a preview running already? try --port)"
+        ) from None
+    return listening
 
 
 def _open_when_started(uvicorn_server: uvicorn.Server, url: str) -> None:
