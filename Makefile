@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bounces.py
 	$(BIN)/python -m bench.webhook && $(BIN)/python -m bench.webhook --pg
 	$(BIN)/python -m bench.startup
+	$(BIN)/python bench/report.py
 	$(BIN)/python -m bench.preview
 
 clean:
