@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,9 +39,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.preview.watch import POLL_SECONDS, Changes
 from pipeline.preview.workspace import READER, IssueView, Workspace
-from pipeline.render.renderer import PACKAGED_TEMPLATES
 
 log = logging.getLogger(__name__)
+PAGES = Path(__file__).parent / "templates"
+"""The preview's own pages and script: the tool's, not the newsletter's, so no project overrides them
+(and `newsletter templates` does not offer them)."""
 HEARTBEAT_SECONDS = 15.0
 """A comment on each idle event stream this often: a closed tab's stream ends at the latest then, even
 where the server does not report the disconnect."""
@@ -107,7 +110,7 @@ class Preview:
         self.workspace = workspace
         self.hub = Hub()
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(PACKAGED_TEMPLATES / "preview"),
+            loader=jinja2.FileSystemLoader(PAGES),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
