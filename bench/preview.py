@@ -195,14 +195,14 @@ def main() -> None:
     labels = {
         "issue": "issue file (subject) → `newsletter preview`",
         "template": "template (masthead partial) → `newsletter preview`",
-        "render": "`newsletter render ISSUE` as a process, then reload",
+        "render": "`newsletter render ISSUE` as a process (no reload yet)",
     }
     medians = {}
     for kind, label in labels.items():
         medians[kind], p95 = median_p95(results[kind])
         print(f"  {label:<54} {medians[kind]:7.1f} ms {p95:7.1f} ms")
     for kind in ("issue", "template"):
-        print(f"  render process / preview of a {kind} change: {medians['render'] / medians[kind]:5.1f}x")
+        print(f"  ratio render process / preview, {kind} change: {medians['render'] / medians[kind]:5.1f}x")
     print("where the time goes (medians, ms after the save): event at the page / new state fetched / shown")
     for kind, timings in stages.items():
         event, state, shown = (statistics.median(timings[stage]) for stage in timings)
