@@ -473,6 +473,25 @@ def test_issue_naming_a_missing_template_is_a_content_error(settings: Settings, 
     assert "monthly.mjml.j2" in problem.message
 
 
+def test_a_template_that_fails_while_rendering_is_an_error_at_its_line(
+    settings: Settings, project: Path
+) -> None:
+    """Not a traceback: `check` and `render` name the template file and line, as for a syntax error."""
+    break_template(
+        project, "partials/masthead.mjml.j2", "{{ newsletter.name }}", "{{ newsletter.name }}{{ 1 // 0 }}"
+    )
+    path = own_template(project, "partials/masthead.mjml.j2")
+    broken_line = 1 + next(
+        i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()) if "1 // 0" in line
+    )
+
+    [problem] = render_error(settings, project).problems
+
+    assert problem.path.endswith("masthead.mjml.j2")
+    assert problem.message == "template failed: ZeroDivisionError: integer division or modulo by zero"
+    assert problem.line == broken_line
+
+
 def test_a_template_edited_between_runs_renders_as_edited(settings: Settings, project: Path) -> None:
     """Compiled templates are cached across runs (Jinja's bytecode cache): an edit must still show."""
     issue_file = load_issue(project / "issues" / f"{FIRST}.yaml")

@@ -191,6 +191,14 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         raise ContentError(
             [Problem(where, f"template uses an undefined value: {exc.message}", line)]
         ) from None
+    except (
+        ArithmeticError,
+        LookupError,
+        TypeError,
+        ValueError,
+    ) as exc:  # e.g. {{ 1 // 0 }}, a bad filter argument
+        where, line = _template_frame(exc) or (name, None)
+        raise ContentError([Problem(where, f"template failed: {type(exc).__name__}: {exc}", line)]) from None
 
 
 def _template_frame(exc: BaseException) -> tuple[str, int] | None:
