@@ -5,22 +5,28 @@ own data in a temp folder and prints one line per figure with its target:
 
     (a) import of a 100,000-row CSV                  ≤ 10 s
     (b) segment counts over 1,000,000 subscribers    ≤ 1 s each
-    (c) streaming 1,000,000 recipients               ≤ 100 MB peak RSS (measured in a subprocess)
+    (c) streaming the recipients of two segments     ≤ 1.3x the time of one raw sqlite3 cursor running
+        (1.19M of 1,000,000 subscribers)             the same SQL, memory within 10 MB of it (both in
+                                                     subprocesses, alternating; ≤ 100 MB peak RSS)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
 import random
 import resource
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -28,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.audience.importer import import_csv  # noqa: E402
-from pipeline.audience.selection import audience, count  # noqa: E402
+from pipeline.audience.selection import audience, count, segment_select  # noqa: E402
 from pipeline.store.engine import Store, connect  # noqa: E402
+from pipeline.store.tables import subscribers  # noqa: E402
 
 KEY = b"bench-key-0123456789abcdef0123456789abcdef"
 TAGS = {
@@ -101,36 +108,88 @@ def bench_counts(store: Store, size: int) -> None:
         print(f"(b) count '{name}' over {size:,}: {took:.3f} s  ({found:,} recipients; target ≤ 1 s)")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, where Linux has it: ru_maxrss would also count the parent's
-    memory at fork time (Linux carries the high-water mark across exec), which here is the 1M-row fill."""
+STREAMED = ("everyone", "toddlers")
+
+
+def rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB. VmHWM, where Linux has it: ru_maxrss would also count the
+    parent's memory at fork time (Linux carries the high-water mark across exec), which here is the
+    1M-row fill."""
+    values = {}
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, amount, _unit = line.split()
+                values[name[:-1]] = int(amount) / 1024
     except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+    return values["VmRSS"], values["VmHWM"]
 
 
-def stream_child(database: str, segments_file: str) -> None:
-    """Runs in a subprocess: stream every recipient, then report time and peak RSS as JSON."""
-    before = peak_rss_mb()
+def raw_sql(store: Store, name: str) -> str:
+    """The audience's own SQL for ``name`` (``segment_select``, the form for one statement over the
+    whole table), in id order, with its values inlined: what one plain cursor runs."""
+    query = segment_select(store, name).order_by(subscribers.c.id)
+    return str(query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def stream_child(kind: str, database: str, segments_file: str) -> None:
+    """Runs in a subprocess: stream every recipient of STREAMED, through ``audience`` ("ours") or one
+    sqlite3 cursor per segment running the same SQL ("raw"); print counts, time and memory as JSON.
+    Both kinds import and open the same things first, so their memory starts from the same place."""
     with connect(f"sqlite:///{database}", KEY, segments_file=Path(segments_file)) as store:
+        queries = [raw_sql(store, name) for name in STREAMED]
+        cursor = sqlite3.connect(database)
+        start, _ = rss_mb()
+        with contextlib.suppress(OSError):  # VmHWM back to VmRSS (Linux >= 4.0): the peak is the stream's
+            Path("/proc/self/clear_refs").write_text("5")
         started = time.perf_counter()
-        streamed = {name: sum(1 for _ in audience(store, name)) for name in ("everyone", "toddlers")}
+        if kind == "ours":
+            streamed = [sum(1 for _ in audience(store, name)) for name in STREAMED]
+        else:
+            streamed = [sum(1 for _ in cursor.execute(sql)) for sql in queries]
         took = time.perf_counter() - started
-    print(json.dumps({"streamed": streamed, "seconds": took, "peak_mb": peak_rss_mb(), "start_mb": before}))
+        cursor.close()
+    _, peak = rss_mb()
+    print(json.dumps({"streamed": streamed, "seconds": took, "peak_mb": peak, "start_mb": start}))
 
 
-def bench_stream(database: Path, segments_file: Path) -> None:
-    child = [sys.executable, __file__, "--stream-child", str(database), str(segments_file)]
-    figures = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
-    peak, start, streamed = figures["peak_mb"], figures["start_mb"], figures["streamed"]
+def bench_stream(database: Path, segments_file: Path, rounds: int) -> None:
+    """Ours against one raw cursor with the same SQL, alternately, ``rounds`` times each (medians)."""
+    figures: dict[str, list[dict[str, Any]]] = {"raw": [], "ours": []}
+    for _ in range(rounds):
+        for kind in figures:
+            child = [sys.executable, __file__, "--stream-child", kind, str(database), str(segments_file)]
+            done = subprocess.run(child, check=True, capture_output=True, text=True)
+            figures[kind].append(json.loads(done.stdout))
+    ours, raw = figures["ours"], figures["raw"]
+    if any(f["streamed"] != raw[0]["streamed"] for f in ours + raw):
+        raise SystemExit(f"the streams disagree: {[f['streamed'] for f in ours + raw]}")
+    counts = raw[0]["streamed"]
+    took = {kind: statistics.median(f["seconds"] for f in runs) for kind, runs in figures.items()}
+    growth = {
+        kind: statistics.median(f["peak_mb"] - f["start_mb"] for f in runs) for kind, runs in figures.items()
+    }
+    peak = {kind: statistics.median(f["peak_mb"] for f in runs) for kind, runs in figures.items()}
+    ratio = took["ours"] / took["raw"]
     print(
-        f"(c) stream {streamed['everyone']:,} recipients of 'everyone', then {streamed['toddlers']:,} of "
-        f"'toddlers': {figures['seconds']:.2f} s, peak RSS {peak:.0f} MB (after imports {start:.0f} MB, "
-        f"growth {peak - start:.0f} MB; target ≤ 100 MB)"
+        f"(c) stream {counts[0]:,} recipients of '{STREAMED[0]}', then {counts[1]:,} of '{STREAMED[1]}' "
+        f"({sum(counts):,}; median of {rounds} runs each, alternating):"
+    )
+    print(
+        f"    audience()                       {took['ours']:5.2f} s, memory growth {growth['ours']:5.1f} MB "
+        f"(peak RSS {peak['ours']:.0f} MB)"
+    )
+    print(
+        f"    one sqlite3 cursor, the same SQL {took['raw']:5.2f} s, memory growth {growth['raw']:5.1f} MB "
+        f"(peak RSS {peak['raw']:.0f} MB)"
+    )
+    print(
+        f"    ratio {ratio:.2f}x (target <= 1.3x: {'met' if ratio <= 1.3 else 'MISSED'}); memory "
+        f"{growth['ours'] - growth['raw']:+.1f} MB (target within 10 MB: "
+        f"{'met' if growth['ours'] - growth['raw'] <= 10 else 'MISSED'}); peak RSS <= 100 MB: "
+        f"{'met' if peak['ours'] <= 100 else 'MISSED'}"
     )
 
 
@@ -140,7 +199,8 @@ def main() -> None:
     )
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--csv-rows", type=int, default=100_000)
-    parser.add_argument("--stream-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="streams of each kind  [default: 3]")
+    parser.add_argument("--stream-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stream_child:
         stream_child(*args.stream_child)
@@ -157,7 +217,7 @@ def main() -> None:
                 f"    (generated {args.subscribers:,} subscribers in {time.perf_counter() - started:.1f} s)"
             )
             bench_counts(store, args.subscribers)
-        bench_stream(database, segments_file)
+        bench_stream(database, segments_file, args.rounds)
 
 
 if __name__ == "__main__":

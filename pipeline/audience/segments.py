@@ -102,14 +102,24 @@ def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
-def _tagged(tags: Iterable[str], *, paged: bool) -> ColumnElement[bool]:
-    """Has one of ``tags``: two SQL forms of one condition, each the fast one for its kind of query.
+IdRange = tuple[ColumnElement[int], ColumnElement[int]]
+"""``(low, high)``: the subscriber ids above ``low`` up to ``high``, one page of a stream."""
+
+
+def _tagged(tags: Iterable[str], *, paged: bool, within: IdRange | None = None) -> ColumnElement[bool]:
+    """Has one of ``tags``: three SQL forms of one condition, each the fast one for its kind of query.
 
     For a whole-table statement (count, INSERT … SELECT), ``id IN (…)`` reads the range of the
     (tag, subscriber_id) index once. For keyset pages that subquery would be read again for every
-    page, so pages use a correlated EXISTS: one key probe per row the page looks at.
+    page, so pages use a correlated EXISTS: one key probe per row the page looks at. A page that is a
+    range of ids (``within``) bounds the subquery by the same range: it reads just that slice of the
+    index, and a stream of such pages costs what one whole-table statement does.
     """
     has = subscriber_tags.c.tag.in_(tags)
+    if within is not None:
+        low, high = within
+        ids = subscriber_tags.c.subscriber_id
+        return subscribers.c.id.in_(select(ids).where(has, ids > low, ids <= high))
     if paged:
         return exists().where(subscriber_tags.c.subscriber_id == subscribers.c.id, has)
     return subscribers.c.id.in_(select(subscriber_tags.c.subscriber_id).where(has))
@@ -121,12 +131,12 @@ def _untagged(tags: Iterable[str]) -> ColumnElement[bool]:
     return ~exists().where(mine, subscriber_tags.c.tag.in_(tags))
 
 
-def _conditions(rule: SegmentRule, paged: bool) -> Iterator[ColumnElement[bool]]:
+def _conditions(rule: SegmentRule, paged: bool, within: IdRange | None) -> Iterator[ColumnElement[bool]]:
     c = subscribers.c
     yield c.status.in_(rule.status)
-    yield from (_tagged([tag], paged=paged) for tag in rule.tags.all)
+    yield from (_tagged([tag], paged=paged, within=within) for tag in rule.tags.all)
     if rule.tags.any:
-        yield _tagged(rule.tags.any, paged=paged)
+        yield _tagged(rule.tags.any, paged=paged, within=within)
     if rule.tags.none:
         yield _untagged(rule.tags.none)
     for key, value in rule.attributes.equals.items():
@@ -149,9 +159,9 @@ class Segment:
     name: str
     rule: SegmentRule
 
-    def where(self, *, paged: bool = False) -> ColumnElement[bool]:
-        """The segment as one SQL condition over ``subscribers`` (``paged``: see ``_tagged``)."""
-        return and_(*_conditions(self.rule, paged))
+    def where(self, *, paged: bool = False, within: IdRange | None = None) -> ColumnElement[bool]:
+        """The segment as one SQL condition over ``subscribers`` (``paged``, ``within``: see ``_tagged``)."""
+        return and_(*_conditions(self.rule, paged, within))
 
 
 class Segments(Mapping[str, Segment]):
@@ -270,7 +280,9 @@ def resolve(store: Store, spec: SegmentSpec) -> list[Segment]:
     return result
 
 
-def where(segments: Iterable[Segment], *, paged: bool = False) -> ColumnElement[bool]:
+def where(
+    segments: Iterable[Segment], *, paged: bool = False, within: IdRange | None = None
+) -> ColumnElement[bool]:
     """Anyone in any of ``segments`` (one OR of each segment's clause); no segment matches no one."""
-    clauses = [segment.where(paged=paged) for segment in segments]
+    clauses = [segment.where(paged=paged, within=within) for segment in segments]
     return or_(*clauses) if clauses else false()
