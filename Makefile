@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.startup
 	$(BIN)/python bench/report.py
 	$(BIN)/python -m bench.preview
+	$(BIN)/python -m bench.imports && $(BIN)/python -m bench.imports --pg
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache .mypy_cache .ruff_cache
