@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline.audience.subscribers import find_subscriber, set_status, subscriber_log
-from pipeline.feedback.events import Recorded, record_events
+from pipeline.feedback.events import Recorded, load_post, record_events
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.store.tables import deliveries, delivery_events
@@ -340,3 +343,52 @@ def test_a_replayed_post_of_a_thousand_changes_nothing(
     )
     assert snapshot(store) == before
     assert status_of(store, ana.id) == "complained"
+
+
+def standard_reading(body: bytes) -> Any:
+    """How the standard library reads a post: integers longer than 20 digits stay text; whatever it
+    refuses is the error."""
+    try:
+        return json.loads(body, parse_int=lambda digits: int(digits) if len(digits) <= 20 else digits)
+    except (ValueError, RecursionError) as exc:
+        return type(exc)
+
+
+def reading(body: bytes) -> Any:
+    try:
+        return load_post(body)
+    except ValueError:
+        return ValueError
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=())),  # lone surrogates too
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@hypothesis_settings(deadline=None)  # no timing assertions: a busy machine must not fail these
+@given(st.lists(JSON_VALUES, max_size=6), st.sampled_from(["utf-8", "utf-16", "utf-8-sig"]), st.booleans())
+def test_a_post_is_read_as_the_standard_library_reads_it(
+    items: list[Any], encoding: str, ascii_only: bool
+) -> None:
+    """The faster reader (orjson) is used only where it reads what the standard library reads: big
+    integers, lone surrogates, other encodings and all it refuses go the standard library's way."""
+    body = json.dumps(items, ensure_ascii=ascii_only).encode(encoding, errors="surrogatepass")
+
+    assert repr(reading(body)) == repr(standard_reading(body))  # repr: NaN is not equal to itself
+
+
+@hypothesis_settings(deadline=None)
+@given(st.binary(max_size=60))
+def test_bytes_that_are_no_post_are_refused_as_before(body: bytes) -> None:
+    expected = standard_reading(body)
+
+    assert repr(reading(body)) == repr(expected if isinstance(expected, list) else ValueError)

@@ -26,10 +26,12 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -40,9 +42,8 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
-    true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeEngine
 
 from pipeline.audience.fields import is_control, parse_email
@@ -78,28 +79,27 @@ MAX_ID = 2**63 - 1
 DERIVED_KEY = "sha256:"
 """The prefix of a key derived from an event's content; SendGrid's own ids never have it."""
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
 
 class ProviderEvent(NamedTuple):
     """One event as SendGrid reported it (or a bounce or complaint read from the mailbox), reduced to
-    what the store keeps (a named tuple: a post makes a thousand of them).
-
-    ``sg_event_id`` is SendGrid's id of the event, or a key derived from its content when it has
-    none; ``delivery_id`` the ledger row the message was sent for (a custom arg: any event proves
-    SendGrid accepted it); ``status`` the subscription status the event calls for, if any.
-    """
+    what the store keeps (a named tuple: a post makes a thousand of them)."""
 
     kind: str
     sg_event_id: str
+    """SendGrid's id of the event, or a key derived from its content when it has none."""
     campaign_id: int | None
     subscriber_id: int | None
     delivery_id: int | None
+    """The ledger row the message was sent for (a custom arg): any event proves SendGrid accepted it."""
     email_key: str | None
     url: str | None
     reason: str | None
     occurred_at: dt.datetime
     status: str | None
+    """The subscription status this event calls for, if any."""
 
 
 @dataclass(slots=True)
@@ -124,8 +124,19 @@ def load_post(body: bytes) -> list[Any]:
 
     Nesting is bounded by the JSON parser's own recursion guard (a 50,000-deep array is refused,
     not a crash), and integers too long to be an id or a time stay text, so no single event can
-    make the whole post fail.
+    make the whole post fail. orjson reads the post when it reads it as the standard library does
+    (three times as fast): never where a number has 19 digits or more (orjson makes a float of an
+    integer past 64 bits), and whatever it refuses (NaN, lone surrogates, a BOM, UTF-16, deep
+    nesting) goes to the standard library, which decides.
     """
+    if _LONG_DIGITS.search(body) is None:
+        try:
+            items = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(items, list):
+                return items
     try:
         items = json.loads(body, parse_int=_json_int)
     except RecursionError:
@@ -246,28 +257,21 @@ def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
     )
 
 
-def _json_cells(conn: Connection, payload: str, types: Sequence[TypeEngine[Any]]) -> list[ColumnElement[Any]]:
-    """The values of a JSON array of rows (each an array, in the order of ``types``) as SQL columns,
-    read by the database itself: one bound parameter for a whole post, and a statement whose text is
-    the same for every post, so it is parsed once. (SQLAlchemy's executemany or an ``IN`` list binds
-    every value as a parameter of its own, converted in Python: 8,000 for a post of a thousand.)"""
-    if conn.dialect.name == "postgresql":
-        value = (
-            func.json_array_elements(cast(literal(payload), postgresql.JSON)).table_valued("value").c.value
-        )
-        cells = [value.op("->>")(literal_column(str(i))) for i in range(len(types))]
-        # Text stays uncast: a cast to VARCHAR(n) would cut what the column refuses.
-        return [
-            cell if isinstance(t, String) else cast(cell, t) for cell, t in zip(cells, types, strict=True)
-        ]
-    value = func.json_each(literal(payload)).table_valued("value").c.value
-    return [func.json_extract(value, f"$[{i}]") for i in range(len(types))]
-
-
 def _among(conn: Connection, column: ColumnElement[Any], values: Collection[Any]) -> ColumnElement[bool]:
-    """``column IN (values)``, the values in one parameter however many they are (``_json_cells``)."""
-    payload = json.dumps([[value] for value in values])
-    return column.in_(select(*_json_cells(conn, payload, [column.type])))
+    """``column IN (values)`` with the values in one JSON parameter however many they are, read by
+    the database itself: the statement's text is the same for every post, so it is parsed once (an
+    ``IN`` list binds a parameter per value, each converted in Python, and is parsed every time)."""
+    payload = literal(json.dumps(list(values)))
+    if conn.dialect.name == "postgresql":
+        value = func.json_array_elements_text(cast(payload, postgresql.JSON)).table_valued("value").c.value
+        return column.in_(select(_typed(value, column.type)))
+    return column.in_(select(func.json_each(payload).table_valued("value").c.value))
+
+
+def _typed(text: ColumnElement[Any], type_: TypeEngine[Any]) -> ColumnElement[Any]:
+    """PostgreSQL: a value of JSON text as the column's type. Text stays uncast: a cast to
+    VARCHAR(n) would cut what the column itself refuses."""
+    return text if isinstance(type_, String) else cast(text, type_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +295,7 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
         doubt = exists().where(d.campaign_id == c.id, d.status == DeliveryStatus.IN_DOUBT)
         for campaign_id, in_doubt in conn.execute(
             select(c.id, doubt).where(_among(conn, c.id, campaign_ids))
-        ):
+        ).all():
             known.campaigns.add(campaign_id)
             if in_doubt:
                 known.in_doubt.add(campaign_id)
@@ -304,20 +308,18 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
 def _look_up(conn: Connection, known: _Known, column: ColumnElement[Any], values: Collection[Any]) -> None:
     if values:
         s = subscribers.c
-        for subscriber_id, key in conn.execute(select(s.id, s.email_key).where(_among(conn, column, values))):
+        for subscriber_id, key in conn.execute(
+            select(s.id, s.email_key).where(_among(conn, column, values))
+        ).all():
             known.key_by_id[subscriber_id] = key
             known.id_by_key[key] = subscriber_id
 
 
-def _stored_before(store: Store, events: Sequence[ProviderEvent]) -> set[str]:
+def _stored_before(conn: Connection, events: Sequence[ProviderEvent]) -> set[str]:
     """Which of ``events`` are in the store already."""
     e = delivery_events.c
-    with store.read() as conn:
-        return set(
-            conn.scalars(
-                select(e.sg_event_id).where(_among(conn, e.sg_event_id, [x.sg_event_id for x in events]))
-            )
-        )
+    query = select(e.sg_event_id).where(_among(conn, e.sg_event_id, [x.sg_event_id for x in events]))
+    return set(conn.scalars(query).all())
 
 
 def _subscriber(event: ProviderEvent, known: _Known) -> int | None:
@@ -341,31 +343,57 @@ def _apply_status(
 
 
 _COLUMNS = ("sg_event_id", "kind", "campaign_id", "subscriber_id", "url", "reason", "occurred_at")
-"""The columns of ``delivery_events`` an event fills (``received_at`` is the post's)."""
+"""The columns of ``delivery_events`` an event fills, in the order of its rows here."""
+SQLITE_INSERT_ROWS = 500
+"""Rows per INSERT on SQLite: 4,000 bound values, well inside its limit of 32,766 per statement."""
 
 
 def _insert_new(conn: Connection, rows: Sequence[tuple[Any, ...]], now: dt.datetime) -> set[str]:
-    """Store rows (values in ``_COLUMNS`` order) in one statement, skipping rows whose ``sg_event_id``
-    is stored already (a replay, or a concurrent retry of the post); the ids stored now."""
+    """Store rows (values in ``_COLUMNS`` order) received ``now``, skipping rows whose ``sg_event_id``
+    is stored already (a replay, or a concurrent retry of the post); the ids stored now.
+
+    Not SQLAlchemy's executemany: it binds and converts 8 values a row in Python, which was most of
+    the time a post took. PostgreSQL reads the rows from one JSON parameter; SQLite, whose JSON
+    functions parse each row again for every column, takes them bound by the driver, a few hundred
+    rows a statement. Times are converted once per distinct time, as SQLAlchemy binds them.
+    """
+    occurred_at = delivery_events.c.occurred_at.type
+    bound = occurred_at.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    assert bound is not None
+    times = {when: bound(when) for when in {row[-1] for row in rows} | {now}}
+    if conn.dialect.name == "postgresql":
+        return _insert_from_json(conn, [(*row[:-1], times[row[-1]].isoformat()) for row in rows], now)
+    new: set[str] = set()
+    for start in range(0, len(rows), SQLITE_INSERT_ROWS):
+        some = rows[start : start + SQLITE_INSERT_ROWS]
+        values = tuple(value for row in some for value in (*row[:-1], times[row[-1]], times[now]))
+        new.update(conn.exec_driver_sql(_sqlite_insert(len(some)), values).scalars().all())
+    return new
+
+
+def _insert_from_json(conn: Connection, rows: list[tuple[Any, ...]], now: dt.datetime) -> set[str]:
+    """PostgreSQL: INSERT … SELECT from the rows of one JSON array, … ON CONFLICT DO NOTHING RETURNING."""
     e = delivery_events.c
     columns = [e[name] for name in _COLUMNS]
-    # Times in the form SQLAlchemy binds them (text on SQLite), converted once per distinct time.
-    bound = e.occurred_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    assert bound is not None
-    times = {when: _json_time(bound(when)) for when in {row[-1] for row in rows}}
-    payload = json.dumps([[*row[:-1], times[row[-1]]] for row in rows])
-    cells = _json_cells(conn, payload, [column.type for column in columns])
-    # WHERE: without it SQLite would read ON CONFLICT's ON as a join's (SQLite's UPSERT notes).
-    select_rows = select(*cells, literal(now, e.received_at.type)).where(true())
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(delivery_events).from_select([*columns, e.received_at], select_rows)
+    value = func.json_array_elements(cast(literal(json.dumps(rows)), postgresql.JSON)).table_valued("value")
+    cells = [_typed(value.c.value.op("->>")(literal_column(str(i))), c.type) for i, c in enumerate(columns)]
+    statement = postgresql.insert(delivery_events).from_select(
+        [*columns, e.received_at], select(*cells, literal(now, e.received_at.type))
+    )
     conflict_free = statement.on_conflict_do_nothing(index_elements=["sg_event_id"])
     return set(conn.scalars(conflict_free.returning(e.sg_event_id)).all())
 
 
-def _json_time(bound: str | dt.datetime) -> str:
-    """A bound time as JSON text: SQLite's is text already; PostgreSQL's datetime becomes ISO 8601."""
-    return bound if isinstance(bound, str) else bound.isoformat()
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(count: int) -> str:
+    """SQLite: the INSERT of ``count`` rows of ``_COLUMNS`` and ``received_at``, the same text for
+    every post (so SQLite prepares it once), … ON CONFLICT DO NOTHING RETURNING the ids stored."""
+    names = [*_COLUMNS, "received_at"]
+    row = "(" + ", ".join("?" for _ in names) + ")"
+    return (
+        f"INSERT INTO {delivery_events.name} ({', '.join(names)}) VALUES {', '.join([row] * count)} "
+        "ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+    )
 
 
 def record_events(store: Store, items: Sequence[Any], *, now: dt.datetime | None = None) -> Recorded:
@@ -383,12 +411,12 @@ def store_events(
     """Store events once each (by ``sg_event_id``) and apply the status changes the new ones call for,
     as ``actor``; shared by the webhook and the bounce mailbox.
 
-    The few events about consent go first, in the order they came: those not stored before change
-    the subscriber's status, each through the subscribers library (which alone decides what move is
-    allowed), before any is stored. Then every event of the post is stored in one transaction, one
-    statement, by ``INSERT … ON CONFLICT DO NOTHING RETURNING``: what it returns is new, the rest
-    were duplicates. Last, ledger rows in doubt that the events name are settled, if the campaign
-    has any.
+    One transaction for the whole post. First the few events about consent, in the order they
+    came: those not stored before change the subscriber's status, each through the subscribers
+    library (which alone decides what move is allowed). Then every event is stored in one statement
+    (``INSERT … ON CONFLICT DO NOTHING RETURNING``: what it returns is new, the rest were
+    duplicates), and ledger rows in doubt that the events name are settled. A crash before the
+    commit leaves nothing, and SendGrid's retry does it all.
     """
     result = Recorded()
     events: list[ProviderEvent] = []
@@ -401,33 +429,65 @@ def store_events(
             events.append(event)
     if not events:
         return result
-    consent = [event for event in events if event.status is not None]
-    if consent:
-        result.status_changes = _change_statuses(store, consent, actor)
     with store.write() as conn:
+        within = _InTransaction(store, conn)
+        consent = [event for event in events if event.status is not None]
+        if consent:
+            result.status_changes = _change_statuses(within, conn, consent, actor)
         known = _known(conn, events)
-        rows = []
-        campaign_of: dict[str, int] = {}
-        for event in events:
-            campaign_id = event.campaign_id if event.campaign_id in known.campaigns else None
-            if campaign_id is not None:
-                campaign_of[event.sg_event_id] = campaign_id
-            row = (event.sg_event_id, event.kind, campaign_id, _subscriber(event, known))
-            rows.append((*row, event.url, event.reason, event.occurred_at))
+        rows = [
+            (
+                event.sg_event_id,
+                event.kind,
+                event.campaign_id if event.campaign_id in known.campaigns else None,
+                _subscriber(event, known),
+                event.url,
+                event.reason,
+                event.occurred_at,
+            )
+            for event in events
+        ]
         result.new = _insert_new(conn, rows, now)
+        result.settled = _settle_in_doubt(within, events, known)
     result.stored = len(result.new)
     result.duplicates += len(rows) - len(result.new)
-    result.campaigns = {campaign_of[sg] for sg in result.new if sg in campaign_of}
-    result.settled = _settle_in_doubt(store, events, known)
+    result.campaigns = {row[2] for row in rows if row[2] is not None and row[0] in result.new}
     return result
 
 
-def _change_statuses(store: Store, events: Sequence[ProviderEvent], actor: str) -> int:
-    """Apply, in order, the status changes that ``events`` not stored before call for; how many did."""
-    stored = _stored_before(store, events)
+class _InTransaction(Store):
+    """The store as seen from inside an open transaction: the reads and writes of the libraries the
+    post calls (subscribers, ledger) happen in it, each write in a savepoint of its own, so a refused
+    move undoes only itself and everything commits with the post's events."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        super().__init__(store.engine, store.signer, segments_file=store.segments_file)
+        self.conn = conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        yield self.conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._errors(), self.conn.begin_nested():
+            yield self.conn
+
+
+def _change_statuses(store: Store, conn: Connection, events: Sequence[ProviderEvent], actor: str) -> int:
+    """Apply, in order, the status changes that ``events`` not stored before call for; how many did.
+
+    The people concerned are locked first, in the order of their ids (PostgreSQL; SQLite's writers
+    take turns anyway), so two posts changing the same people at once wait for each other rather
+    than deadlock.
+    """
+    stored = _stored_before(conn, events)
     new = [event for event in events if event.sg_event_id not in stored]
-    with store.read() as conn:
-        known = _known(conn, new)
+    known = _known(conn, new)
+    people = sorted({sid for event in new if (sid := _subscriber(event, known)) is not None})
+    if people and conn.dialect.name == "postgresql":
+        s = subscribers.c
+        conn.execute(select(s.id).where(_among(conn, s.id, people)).order_by(s.id).with_for_update()).all()
     changes = 0
     for event in new:
         subscriber_id = _subscriber(event, known)
