@@ -79,6 +79,8 @@ MAX_ID = 2**63 - 1
 DERIVED_KEY = "sha256:"
 """The prefix of a key derived from an event's content; SendGrid's own ids never have it."""
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
+_CONTAINERS = (dict, list)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
@@ -160,7 +162,7 @@ def _deeper(value: dict[Any, Any] | list[Any], limit: int) -> bool:
     if limit < 1:
         return True
     for child in value.values() if isinstance(value, dict) else value:
-        if isinstance(child, dict | list) and _deeper(child, limit - 1):
+        if isinstance(child, _CONTAINERS) and _deeper(child, limit - 1):
             return True
     return False
 
@@ -169,7 +171,7 @@ def _number(value: Any) -> int | None:
     """A positive id from a custom arg (SendGrid passes them as strings); anything else, including a
     number too big for the store, is unknown."""
     if isinstance(value, str):
-        if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        if not (value.isdigit() and value.isascii() and len(value) <= 19):
             return None
         value = int(value)
     elif not isinstance(value, int) or isinstance(value, bool):
@@ -179,6 +181,8 @@ def _number(value: Any) -> int | None:
 
 def _text(value: Any, limit: int) -> str | None:
     """A field as storable text: control characters (and lone surrogates) become spaces."""
+    if type(value) is str and value.isprintable():  # nearly every value: one test
+        return value.strip()[:limit] or None
     if value is None or isinstance(value, dict | list):
         return None
     text = value if isinstance(value, str) else str(value)
@@ -235,8 +239,10 @@ def _status(kind: str, raw: Mapping[str, Any]) -> str | None:
 
 def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
     """One item of the posted JSON array, or None if it is not an event."""
-    if not isinstance(raw, dict) or _deeper(raw, MAX_DEPTH):
+    if not isinstance(raw, dict):
         return None
+    if not _SCALARS.issuperset(map(type, raw.values())) and _deeper(raw, MAX_DEPTH):
+        return None  # (nearly every event holds scalars only: one test at C speed)
     kind = _text(raw.get("event"), 32)
     if kind is None:
         return None
@@ -431,10 +437,10 @@ def store_events(
         return result
     with store.write() as conn:
         within = _InTransaction(store, conn)
+        known = _known(conn, events)
         consent = [event for event in events if event.status is not None]
         if consent:
-            result.status_changes = _change_statuses(within, conn, consent, actor)
-        known = _known(conn, events)
+            result.status_changes = _change_statuses(within, conn, consent, known, actor)
         rows = [
             (
                 event.sg_event_id,
@@ -474,7 +480,9 @@ class _InTransaction(Store):
             yield self.conn
 
 
-def _change_statuses(store: Store, conn: Connection, events: Sequence[ProviderEvent], actor: str) -> int:
+def _change_statuses(
+    store: Store, conn: Connection, events: Sequence[ProviderEvent], known: _Known, actor: str
+) -> int:
     """Apply, in order, the status changes that ``events`` not stored before call for; how many did.
 
     The people concerned are locked first, in the order of their ids (PostgreSQL; SQLite's writers
@@ -483,7 +491,6 @@ def _change_statuses(store: Store, conn: Connection, events: Sequence[ProviderEv
     """
     stored = _stored_before(conn, events)
     new = [event for event in events if event.sg_event_id not in stored]
-    known = _known(conn, new)
     people = sorted({sid for event in new if (sid := _subscriber(event, known)) is not None})
     if people and conn.dialect.name == "postgresql":
         s = subscribers.c
