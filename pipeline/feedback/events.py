@@ -269,7 +269,7 @@ def _among(conn: Connection, column: ColumnElement[Any], values: Collection[Any]
     ``IN`` list binds a parameter per value, each converted in Python, and is parsed every time)."""
     payload = literal(json.dumps(list(values)))
     if conn.dialect.name == "postgresql":
-        value = func.json_array_elements_text(cast(payload, postgresql.JSON)).table_valued("value").c.value
+        value = func.jsonb_array_elements_text(cast(payload, postgresql.JSONB)).table_valued("value").c.value
         return column.in_(select(_typed(value, column.type)))
     return column.in_(select(func.json_each(payload).table_valued("value").c.value))
 
@@ -381,7 +381,7 @@ def _insert_from_json(conn: Connection, rows: list[tuple[Any, ...]], now: dt.dat
     """PostgreSQL: INSERT … SELECT from the rows of one JSON array, … ON CONFLICT DO NOTHING RETURNING."""
     e = delivery_events.c
     columns = [e[name] for name in _COLUMNS]
-    value = func.json_array_elements(cast(literal(json.dumps(rows)), postgresql.JSON)).table_valued("value")
+    value = func.jsonb_array_elements(cast(literal(json.dumps(rows)), postgresql.JSONB)).table_valued("value")
     cells = [_typed(value.c.value.op("->>")(literal_column(str(i))), c.type) for i, c in enumerate(columns)]
     statement = postgresql.insert(delivery_events).from_select(
         [*columns, e.received_at], select(*cells, literal(now, e.received_at.type))
