@@ -20,7 +20,8 @@ from tests.fixtures.project import cli_invoker
 from tests.paths import REPO
 
 FIRST = "2026-12-01-name-it-to-tame-it.yaml"
-SAMPLES = len(list((REPO / "issues").glob("*.yaml")))
+SAMPLES = len([*(REPO / "issues").glob("*.yaml"), *(REPO / "issues" / "welcome").glob("*.yaml")])
+"""The sample issues and welcome steps: `check` with no paths checks them all."""
 SUMMARY_OK = f"{SAMPLES} files checked: 0 error(s), 0 warning(s)"
 
 

@@ -12,13 +12,17 @@ import pytest
 from starlette.testclient import TestClient
 
 from pipeline.cli.preview import is_loopback
+from pipeline.content.issue import issue_paths
 from pipeline.preview import Workspace, allowed_hosts, create_app
 from pipeline.preview.schemes import as_seen_in
 from pipeline.preview.watch import Watched, changes, snapshot
 from pipeline.settings import load_settings
 from tests.fixtures.project import FIRST_ISSUE, cli_invoker, own_template
+from tests.paths import REPO
 
 SECOND_ISSUE = "2026-12-08-realistic-expectations.yaml"
+SAMPLES = len(issue_paths([], REPO / "issues"))
+"""The sample issues and welcome steps: the preview shows each."""
 
 
 @pytest.fixture
@@ -68,7 +72,7 @@ def test_a_save_by_rename_and_a_deleted_issue_are_changes(project: Path) -> None
 def test_an_issue_change_renders_that_issue_again_and_no_other(project: Path, workspace: Workspace) -> None:
     views = {view.name: view for view in workspace.views()}
     renders = workspace.renders
-    assert renders == 5
+    assert renders == SAMPLES
 
     edit(project / "issues" / FIRST_ISSUE, "Name it to tame it", "Say it to tame it")
     assert workspace.poll().issues == {project / "issues" / FIRST_ISSUE}
@@ -135,7 +139,7 @@ def test_broken_settings_show_in_every_view_until_fixed(project: Path, workspace
     assert workspace.poll().settings
     views = workspace.views()
 
-    assert len(views) == 5 and all(view.email is None for view in views)
+    assert len(views) == SAMPLES and all(view.email is None for view in views)
     (problem,) = views[0].problems
     assert problem.text.startswith(f"settings.toml:{line}:1: error: newsletter.base_url: 'news.example.org'")
 

@@ -6,7 +6,7 @@ a new, a pending, an active and a suppressed address, checking only the address'
 most one confirmation goes to a subscriber per hour (the ``confirmations`` table; the claim is one
 transaction, so two racing posts send one); a confirmation that could not be sent gives it back.
 Someone who unsubscribed or bounced may come back this way (their own click on the link); a
-complaint is final. An unauthenticated form never changes a known subscriber's name or topics.
+complaint is final. A first confirmation enrolls the person in the welcome series (``enrollment``). An unauthenticated form never changes a known subscriber's name or topics.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.audience.enrollment import enroll
 from pipeline.audience.fields import Address, parse_email
 from pipeline.audience.subscribers import (
     Subscriber,
@@ -108,19 +110,29 @@ def standing(subscriber: Subscriber | None) -> str:
     return "pending" if subscriber.status in MAY_CONFIRM else "refused"
 
 
+def _join_series(conn: Connection, subscriber_id: int, now: dt.datetime) -> None:
+    enroll(conn, [subscriber_id], now=now, source=CONFIRM_ACTOR)
+
+
 def confirm(store: Store, subscriber_id: int) -> str:
-    """The person confirmed: ``confirmed``, or the ``standing`` that kept it from changing anything."""
+    """The person confirmed: ``confirmed``, or the ``standing`` that kept it from changing anything.
+
+    A first confirmation (from ``unconfirmed``) also enrolls them in the welcome series, in the same
+    transaction; someone coming back after leaving is not enrolled again, nor is their series restarted.
+    """
     subscriber = find_subscriber(store, subscriber_id)
     state = standing(subscriber)
     if subscriber is None or state != "pending":
         return state
+    first = subscriber.status == SubscriberStatus.UNCONFIRMED
     try:
         set_status(
             store,
             subscriber_id,
             SubscriberStatus.ACTIVE,
             actor=CONFIRM_ACTOR,
-            resubscribe=subscriber.status != SubscriberStatus.UNCONFIRMED,
+            resubscribe=not first,
+            then=_join_series if first else None,
         )
     except AudienceError:
         return "refused"  # it changed meanwhile (a complaint came in)

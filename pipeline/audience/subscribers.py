@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
+from pipeline.audience.enrollment import enroll
 from pipeline.audience.fields import (
     check_attribute,
     check_name,
@@ -186,13 +187,20 @@ def add_subscriber(
     timezone: str | None = None,
     attributes: dict[str, str] | None = None,
     actor: str = "admin",
+    welcome: bool = False,
 ) -> Subscriber:
     """Add one person; an existing or suppressed address is an ``AudienceError``, never an overwrite.
 
     The name and attributes follow the import's rules (no control characters, a bounded length).
+    ``welcome`` enrolls them in the welcome series in the same transaction (active people only: the
+    unconfirmed join it when they confirm).
     """
     if status not in NEW_STATUSES:
         raise AudienceError(f"status: new subscribers are active or unconfirmed, not '{status}'")
+    if welcome and status != SubscriberStatus.ACTIVE:
+        raise AudienceError(
+            "welcome: only active people join the welcome series; unconfirmed ones join it when they confirm"
+        )
     try:
         address = parse_email(email)
         clean_tags = list(dict.fromkeys(check_tag(tag) for tag in tags))
@@ -227,6 +235,8 @@ def add_subscriber(
         if clean_tags:
             conn.execute(insert(subscriber_tags), [{"subscriber_id": new_id, "tag": t} for t in clean_tags])
         conn.execute(insert(subscriber_events), event_row(new_id, "added", actor, at=now, to_status=status))
+        if welcome:
+            enroll(conn, [new_id], now=now, source=actor)
     return get_subscriber(store, new_id)
 
 
@@ -238,11 +248,14 @@ def set_status(
     actor: str,
     detail: dict[str, Any] | None = None,
     resubscribe: bool = False,
+    then: Callable[[Connection, int, dt.datetime], object] | None = None,
 ) -> bool:
     """Move a subscriber to ``status``; False if already there. ``resubscribe`` is the person's own wish.
 
     Only the person themself (a confirmed subscribe form, say) may bring back someone who unsubscribed
     or bounced; a complaint is final. Any other move out of those states is an ``AudienceError``.
+    ``then(conn, subscriber_id, now)`` runs in the same transaction once the status has changed (a
+    first confirmation enrolls in the welcome series with it).
     """
     if status not in set(SubscriberStatus):
         raise AudienceError(f"status: '{status}' is not one of {', '.join(SubscriberStatus)}")
@@ -277,6 +290,8 @@ def set_status(
             detail=detail,
         )
         conn.execute(insert(subscriber_events), event)
+        if then is not None:
+            then(conn, row["id"], now)
     return True
 
 

@@ -82,7 +82,8 @@ def render(ctx: CliContext, issue: Path, out_dir: Path, email: str, name: str) -
     rendered = render_issue(issue_file, settings)
     recipient = Recipient(PREVIEW_ID, email, name or None)
     copy = preview(settings, rendered, recipient, Links(settings, Signer(load_secret_key(settings))))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # A welcome step's slug is welcome/NN-slug: its files go to a welcome/ folder, as its source is.
+    (out_dir / issue_file.slug).parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, content in ((".html", copy.html), (".txt", copy.text), (".eml", copy.eml)):
         path = out_dir / f"{issue_file.slug}{suffix}"

@@ -41,6 +41,7 @@ from pipeline.render.addresses import refusal
 from pipeline.store.engine import Store, head_revision, open_store
 from pipeline.store.statuses import SubscriberStatus
 
+WELCOME_HELP = "Enroll the new (active) people in the welcome series of issues/welcome/, timed from now."
 PROGRESS_FROM_BYTES = 1_000_000
 """Files smaller than this import too fast for a progress bar to help."""
 SHOWN_PROBLEMS = 20
@@ -233,17 +234,31 @@ def show(ctx: CliContext, email: str) -> None:
     "--status", type=click.Choice([str(s) for s in NEW_STATUSES]), default="active", show_default=True,
     help="unconfirmed people get nothing until they confirm.",
 )  # fmt: skip
+@click.option("--welcome", is_flag=True, help=WELCOME_HELP)
 @pass_context
 def add(
-    ctx: CliContext, email: str, name: str | None, tags: tuple[str, ...], timezone: str | None, status: str
+    ctx: CliContext,
+    email: str,
+    name: str | None,
+    tags: tuple[str, ...],
+    timezone: str | None,
+    status: str,
+    welcome: bool,
 ) -> None:
     """Add one person who asked to subscribe (an existing or erased address is refused).
 
     The name has the import's rules; an address the configured transport cannot take gets a warning.
+    With --welcome they join the welcome series now (`newsletter welcome` shows it); unconfirmed
+    people join it when they confirm.
     """
     with _store(ctx) as store:
-        person = add_subscriber(store, email, name=name, tags=tags, status=status, timezone=timezone)
-    console.print(shown_text(f"added {person.email} (id {person.id}, {person.status})"), soft_wrap=True)
+        person = add_subscriber(
+            store, email, name=name, tags=tags, status=status, timezone=timezone, welcome=welcome
+        )
+    joined = ", in the welcome series" if welcome else ""
+    console.print(
+        shown_text(f"added {person.email} (id {person.id}, {person.status}{joined})"), soft_wrap=True
+    )
     why = refusal(ctx.settings.delivery.transport, person.email)
     if why is not None:
         console_err.print(

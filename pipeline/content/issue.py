@@ -2,6 +2,11 @@
 
 An editor writes one YAML file per issue (``issues/YYYY-MM-DD-slug.yaml``). Text fields are Markdown;
 they are rendered later, by ``pipeline.render.renderer``. Unknown keys are errors, so a typo never passes silently.
+
+A welcome step (``issues/welcome/NN-slug.yaml``) is an issue file too, with the same fields, but no
+``date``: it goes out ``after`` a wait (``0d``, ``3d``, ``12h``) from the moment each reader joined the
+welcome series. Where a file lies decides which it is, so a ``date`` in a step or an ``after`` in an
+issue is an error at its line rather than a second meaning.
 """
 
 from __future__ import annotations
@@ -12,18 +17,34 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
-from pipeline.content.yamlsource import dotted, load_located
+from pipeline.content.yamlsource import LocatedData, dotted, load_located
 from pipeline.errors import ContentError, Problem, Severity
 from pipeline.validation import LINE_BREAKS, char_name, field_errors, invisible_kind, invisible_problem
 
 MAX_BYTES = 1_000_000
 """Largest issue file read: a weekly issue is a few KB, and parsing 20 MB of YAML takes minutes."""
 FILE_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)$")
+WELCOME_DIR = "welcome"
+"""The folder, inside the issues folder, of the welcome series' steps."""
+WELCOME_NAME = re.compile(r"^(?P<step>\d{2})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)$")
+AFTER = re.compile(r"^(?P<amount>\d{1,4})(?P<unit>[dh])$")
+AFTER_MAX = dt.timedelta(days=365)
+"""The longest wait a welcome step may have: a series that runs for more than a year is no welcome."""
+AFTER_HINT = "write the wait as whole days or hours: 0d (at once), 3d, 12h"
 
 
 def _http_url(value: str) -> str:
@@ -54,6 +75,28 @@ tabs are allowed, other control characters are not."""
 Line = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
 """Text that must stay on one line: it becomes a header, the inbox preview, a heading or a label."""
 Url = Annotated[str, AfterValidator(_http_url)]
+
+
+def _after(value: object) -> dt.timedelta:
+    """``3d`` or ``12h`` as a wait; YAML numbers and other spellings are refused (``3`` says no unit)."""
+    match = AFTER.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"'{value}' is not a wait; {AFTER_HINT}")
+    amount = int(match["amount"])
+    wait = dt.timedelta(days=amount) if match["unit"] == "d" else dt.timedelta(hours=amount)
+    if wait > AFTER_MAX:
+        raise ValueError(f"'{value}' is longer than {AFTER_MAX.days}d; a welcome series is its first weeks")
+    return wait
+
+
+After = Annotated[dt.timedelta, BeforeValidator(_after)]
+"""How long after a reader joined the welcome series a step goes out."""
+
+
+def after_text(wait: dt.timedelta) -> str:
+    """A wait as the editor writes it: ``3d``, ``12h``."""
+    hours = int(wait.total_seconds() // 3600)
+    return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
 
 
 class Model(BaseModel):
@@ -98,11 +141,15 @@ class Hero(Model):
 
 
 class Issue(Model):
-    """One newsletter issue, as the editor wrote it."""
+    """One newsletter issue, or one step of the welcome series, as the editor wrote it.
+
+    An issue has a ``date``; a welcome step has an ``after`` instead (``parse_issue`` holds each file
+    to the fields of its kind, by where it lies)."""
 
     subject: Line
     preheader: Line
-    date: dt.date
+    date: dt.date | None = None
+    after: After | None = None
     intro: Text | None = None
     hero: Hero | None = None
     strategy: Strategy
@@ -122,11 +169,28 @@ class IssueFile:
 
     @property
     def slug(self) -> str:
-        return self.path.stem
+        """The file name without ``.yaml``; a welcome step's starts with ``welcome/``, so it can never
+        be an issue's."""
+        return f"{WELCOME_DIR}/{self.path.stem}" if self.welcome else self.path.stem
+
+    @property
+    def welcome(self) -> bool:
+        """A step of the welcome series: sent ``after`` a wait from each reader's joining."""
+        return is_welcome_step(self.path)
+
+
+def is_welcome_step(path: Path) -> bool:
+    """Whether the file at ``path`` is a welcome step (it lies in a ``welcome/`` folder)."""
+    return path.parent.name == WELCOME_DIR
 
 
 def _location_problems(path: Path, issue_date: dt.date | None) -> list[Problem]:
     """Warnings about the file name, which orders issues and names them in URLs."""
+    if is_welcome_step(path):
+        if WELCOME_NAME.match(path.stem):
+            return []
+        message = "file name should be NN-slug.yaml (two digits that order the steps, a lower-case slug)"
+        return [Problem(str(path), message, 1, 1, severity=Severity.WARNING)]
     match = FILE_NAME.match(path.stem)
     if not match:
         return [
@@ -169,27 +233,72 @@ def _holds(text: str, data: object) -> str:
     return "this one holds no keys, only comments and blank lines"
 
 
+MISPLACED: dict[bool, dict[str, str]] = {
+    False: {
+        "after": f"only welcome steps ({WELCOME_DIR}/NN-slug.yaml) go out `after` a wait; an issue goes out "
+        "on its date",
+    },
+    True: {
+        "date": "a welcome step has no date: it goes out `after` a wait from each reader's joining",
+        "segments": "a welcome step goes to everyone in the welcome series; remove segments",
+    },
+}
+"""Keys of ``Issue`` that one kind of file must not have (False: an issue; True: a welcome step)."""
+
+
+def _keys_model(welcome: bool) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in Issue.model_fields.items()
+        if name not in MISPLACED[welcome]
+    }
+    return create_model("WelcomeStep" if welcome else "WeeklyIssue", __base__=Model, **fields)
+
+
+_KEYS = {welcome: _keys_model(welcome) for welcome in MISPLACED}
+"""``Issue`` as each kind of file sees it: the keys an unknown key's message lists as allowed."""
+
+
+def _kind_problems(located: LocatedData, source: str, welcome: bool) -> list[Problem]:
+    """The keys that belong to the other kind of file (``MISPLACED``), and the one this kind requires:
+    an issue's ``date``, a welcome step's ``after``."""
+    problems = []
+    for key, message in MISPLACED[welcome].items():
+        if key in located.data:
+            at = located.position((key,), prefer_key=True)
+            problems.append(Problem(source, message, at.line, at.column, key))
+    required = "after" if welcome else "date"
+    if required not in located.data:
+        hint = f" ({AFTER_HINT})" if welcome else ""
+        problems.append(Problem(source, f"is required but missing{hint}", 1, 1, required))
+    return problems
+
+
 def parse_issue(text: str, path: Path) -> tuple[Issue | None, list[Problem]]:
-    """Validate ``text`` as an issue; return it (or None) with every problem found."""
+    """Validate ``text`` as an issue (or a welcome step, by its folder); return it (or None) with
+    every problem found."""
     source = str(path)
     located, problems = load_located(text, source)
     if located is None:
         return None, problems
     if not isinstance(located.data, dict):
+        first = "after" if is_welcome_step(path) else "date"
         message = (
-            f"an issue file must be a mapping of keys (subject:, date:, …); {_holds(text, located.data)}"
+            f"an issue file must be a mapping of keys (subject:, {first}:, …); {_holds(text, located.data)}"
         )
         problems.append(Problem(source, message, 1, 1))
         return None, problems
+    welcome = is_welcome_step(path)
+    misfits = _kind_problems(located, source, welcome)
+    issue = None
     try:
         issue = Issue.model_validate(located.data)
     except ValidationError as exc:
-        for error in field_errors(exc, Issue):
+        for error in field_errors(exc, _KEYS[welcome]):
             position = located.position(error.path, prefer_key=error.at_key)
-            problems.append(
-                Problem(source, error.message, position.line, position.column, dotted(error.path))
-            )
-        problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+            misfits.append(Problem(source, error.message, position.line, position.column, dotted(error.path)))
+    if issue is None or misfits:
+        problems = sorted(problems + misfits, key=lambda p: (p.line or 0, p.column or 0))
         return None, problems
     return issue, problems + _location_problems(path, issue.date)
 
@@ -223,8 +332,14 @@ def load_issue(path: str | Path) -> IssueFile:
 
 
 def issue_paths(paths: Iterable[str | Path], issues_dir: Path) -> list[Path]:
-    """Expand folders to their ``*.yaml`` files, sorted; no paths means every file in ``issues_dir``."""
+    """Expand folders to their ``*.yaml`` files, then those of their ``welcome/`` folder, each sorted;
+    no paths means every file in ``issues_dir`` (and its welcome series)."""
     expanded: list[Path] = []
     for entry in map(Path, list(paths) or [issues_dir]):
-        expanded.extend(sorted(entry.glob("*.yaml")) if entry.is_dir() else [entry])
+        if not entry.is_dir():
+            expanded.append(entry)
+            continue
+        expanded.extend(sorted(entry.glob("*.yaml")))
+        if entry.name != WELCOME_DIR:
+            expanded.extend(sorted((entry / WELCOME_DIR).glob("*.yaml")))
     return expanded

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.content.issue import issue_paths
+from pipeline.content.issue import WELCOME_DIR, issue_paths
 from pipeline.settings import Settings
 
 POLL_SECONDS = 0.05
@@ -44,7 +44,7 @@ class Watched:
         )
 
     def issue_files(self) -> list[Path]:
-        """The issue files as ``newsletter check`` finds them."""
+        """The issue files as ``newsletter check`` finds them (the welcome series' steps included)."""
         return issue_paths([], self.issues_dir)
 
     def template_files(self) -> list[Path]:
@@ -90,7 +90,11 @@ class Changes:
 def changes(watched: Watched, before: Snapshot, after: Snapshot) -> Changes:
     differing = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     return Changes(
-        issues=frozenset(path for path in differing if path.parent == watched.issues_dir),
+        issues=frozenset(
+            path
+            for path in differing
+            if path.parent in (watched.issues_dir, watched.issues_dir / WELCOME_DIR)
+        ),
         templates=any(path.is_relative_to(watched.templates_dir) for path in differing),
         settings=watched.settings_file in differing,
         segments=watched.segments_file in differing,

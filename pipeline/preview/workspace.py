@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.audience.segments import Segments, load_segments
-from pipeline.content.issue import Issue
+from pipeline.content.issue import Issue, after_text
 from pipeline.errors import AudienceError, PipelineError, Problem, Severity
 from pipeline.preview.schemes import as_seen_in
 from pipeline.preview.watch import Changes, Snapshot, Watched, changes, snapshot
@@ -73,6 +73,16 @@ class IssueView:
     @property
     def warnings(self) -> int:
         return sum(line.severity is Severity.WARNING for line in self.problems)
+
+    @property
+    def when(self) -> str:
+        """When it goes out: an issue's date, or a welcome step's wait (``3d after joining``)."""
+        if self.issue is None:
+            return ""
+        if self.issue.date is not None:
+            return self.issue.date.isoformat()
+        after = self.issue.after
+        return f"{after_text(after)} after joining" if after else "on joining"
 
     @property
     def status(self) -> str:
@@ -200,7 +210,7 @@ class Workspace:
     def audience(self, view: IssueView) -> tuple[list[str], list[Line]]:
         """The segments ``view``'s issue goes to, and what is wrong with them (a name that is not in
         the segments file, or the segments file itself)."""
-        if view.issue is None:
+        if view.issue is None or view.issue.date is None:  # a welcome step goes to the whole series
             return [], []
         names = list(view.issue.segments or self.settings.newsletter.default_segments)
         segments = self._segments

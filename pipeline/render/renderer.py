@@ -238,7 +238,8 @@ class Renderer:
 
     def _issue_template(self, issue_file: IssueFile) -> tuple[str, dict[str, Any]]:
         """The template an issue is rendered with, and what it sees."""
-        links = {"archive": archive_url(self.settings, issue_file.slug)}
+        # A welcome step is not in the archive: nothing to view in a browser.
+        links = {"archive": None if issue_file.welcome else archive_url(self.settings, issue_file.slug)}
         context = _context(self.settings, issue=issue_file.issue, links=links)
         return issue_file.issue.template or self.settings.newsletter.default_template, context
 

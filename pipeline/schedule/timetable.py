@@ -65,17 +65,15 @@ class Timetable:
                 log.warning("%s: ignored by the scheduler: %s", path.name, problem)
                 return None
             return Slot(path, path.stem, day, due_moment(self.settings, day), defaults, problem)
+        day = issue.date
+        assert day is not None, "an issue file outside welcome/ has a date (parse_issue requires it)"
         weekday = self.settings.schedule.weekday
-        if issue.date.strftime("%A").lower() != weekday:
+        if day.strftime("%A").lower() != weekday:
             log.warning(
-                "%s: dated %s, a %s; schedule.weekday is %s",
-                path.name,
-                issue.date,
-                issue.date.strftime("%A"),
-                weekday,
+                "%s: dated %s, a %s; schedule.weekday is %s", path.name, day, day.strftime("%A"), weekday
             )
         segments = tuple(issue.segments or defaults)
-        return Slot(path, path.stem, issue.date, due_moment(self.settings, issue.date), segments)
+        return Slot(path, path.stem, day, due_moment(self.settings, day), segments)
 
 
 def _named_date(path: Path) -> dt.date | None:

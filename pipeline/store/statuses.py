@@ -1,4 +1,4 @@
-"""The states a subscriber, a campaign and a ledger row can be in: one ``StrEnum`` each.
+"""The states a subscriber, a campaign and a ledger row can be in (and a campaign's kind): one ``StrEnum`` each.
 
 Code compares with these members and the tables' ``CHECK`` constraints are written from them, so a
 state added here is a state the database accepts (after a migration) and no other string is.
@@ -31,6 +31,14 @@ class CampaignStatus(StrEnum):
     PAUSED = "paused"
     FINISHED = "finished"
     CANCELLED = "cancelled"
+
+
+class CampaignKind(StrEnum):
+    """What a campaign sends: a dated ``issue`` (the archive shows it), or a ``welcome`` step, which
+    stands open and takes each reader on their own day."""
+
+    ISSUE = "issue"
+    WELCOME = "welcome"
 
 
 class DeliveryStatus(StrEnum):

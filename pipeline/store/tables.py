@@ -9,12 +9,14 @@ without a migration in ``pipeline/store/migrations/versions/`` fails the suite.
     suppressions        keyed hashes of addresses that must never be mailed or re-imported
     subscriber_events   append-only consent log; never holds an address
     campaigns           one issue sent to one audience, with the issue as rendered when it started
-                        (the email, and its content for the archive's web page)
+                        (the email, and its content for the archive's web page); or one welcome
+                        step (``kind``), which stays open for each new reader as their day comes
     deliveries          the ledger: one row per recipient of a campaign, saying what happened
     dispatch_runs       sending processes, so rows a dead one left ``sending`` are known to be in doubt
     leases, schedule_decisions   the scheduler: one instance at a time, each issue decided once
     delivery_events     what the provider reported back (bounces, opens, clicks…), de-duplicated
     confirmations       when the last double opt-in confirmation went out
+    welcome_enrollments who joined the welcome series and when: its steps are timed from that moment
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
-from pipeline.store.statuses import CampaignStatus, DeliveryStatus, SubscriberStatus, one_of
+from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus, SubscriberStatus, one_of
 
 EMAIL_LENGTH = 320
 TAG_LENGTH = 100
@@ -169,7 +171,10 @@ campaigns = Table(
     Column("finished_at", UtcDateTime()),
     # The pace shared by every process sending the campaign: when its last reserved message may go.
     Column("paced_until", UtcDateTime()),
+    # A dated issue, or a welcome step (slug welcome/NN-slug, no segments, rows added as readers' days come).
+    Column("kind", String(16), nullable=False, server_default=CampaignKind.ISSUE.value),
     CheckConstraint(one_of("status", CampaignStatus), "status"),
+    CheckConstraint(one_of("kind", CampaignKind), "kind"),
     Index(None, "issue_slug", "segments", unique=True),
 )
 
@@ -260,3 +265,14 @@ confirmations = Table(
     Column("sent_at", UtcDateTime(), nullable=False),
 )
 """When a double opt-in confirmation last went to an unconfirmed subscriber (at most one an hour)."""
+
+welcome_enrollments = Table(
+    "welcome_enrollments",
+    metadata,
+    Column("subscriber_id", id_type(), ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("enrolled_at", UtcDateTime(), nullable=False),
+    Column("source", String(200), nullable=False),  # what enrolled them: confirm-link, admin, import:FILE
+    Index(None, "enrolled_at"),
+)
+"""Who joined the welcome series, once each, and when: a step ``after: 3d`` is due three days after
+``enrolled_at``. A row outlives leaving (so coming back never restarts the series); erasure deletes it."""
