@@ -1,5 +1,15 @@
 """Dispatch throughput and memory, end to end: `python bench/dispatch.py [--recipients N] [--smtp-recipients M]`.
 
+Against the ceiling (``--ceiling-recipients C``, 200,000; ``--rounds R``, 3): the SendGrid emulator runs
+as one process; in turn, R times, a minimal client posts C recipients' worth of pre-built request bodies
+(built by our transport for subscribers shaped like the generated ones, so of the same size and shape)
+over keep-alive ``http.client`` connections, as many at once as our send has in flight, and our send
+(plan, freeze, dispatcher) sends C generated subscribers on a fresh copy of one store. Each prints
+recipients/s, CPU per recipient and the emulator's share of a core; the medians give the ratio. The
+sender's CPU is this process's (``time.process_time``, every thread; the emulator is another process),
+with the send loop's own thread apart (it claims and records), and a serial pass over another fresh
+copy times each step alone (claim, sign, build, the library's request, record) with ``thread_time``.
+
 SendGrid: N subscribers are generated straight into a fresh temp SQLite store (bulk inserts, in a child
 process so the sender starts clean), the SendGrid emulator runs as a separate process
 (``python -m tests.emulators.sendgrid --record recipients``), and the sample issue is sent through the
@@ -28,18 +38,22 @@ import asyncio
 import contextlib
 import cProfile
 import datetime as dt
+import http.client
 import io
+import itertools
 import json
 import os
 import pstats
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,14 +62,19 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from pipeline.dispatch import campaigns
+from pipeline.dispatch import campaigns, ledger
+from pipeline.dispatch.courier import Courier, Job
 from pipeline.dispatch.dispatcher import Dispatcher, RunReport
-from pipeline.dispatch.plan import plan_send, start_campaign
+from pipeline.dispatch.plan import checked_issue, plan_send, start_campaign
 from pipeline.dispatch.ratelimit import RateLimiter
+from pipeline.recipient import Recipient
 from pipeline.render.links import Links
+from pipeline.render.message import MessageTemplate
 from pipeline.settings import Settings, load_settings
 from pipeline.store.engine import Store, connect
 from pipeline.store.tables import subscribers
+from pipeline.tokens import Signer
+from pipeline.transports.base import Batch, Envelope
 from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.transports.smtp import SmtpTransport
 
@@ -323,6 +342,12 @@ def emulator_stats(url: str) -> dict[str, int]:
         return stats
 
 
+def emulator_reset(url: str) -> None:
+    """Forget what the emulator recorded: each measured run starts it from the same (empty) state."""
+    request = urllib.request.Request(f"{url}/_emulator/reset", b"", method="POST")
+    urllib.request.urlopen(request, timeout=60).close()
+
+
 # -- the measured part -----------------------------------------------------------------------------
 
 
@@ -364,6 +389,8 @@ class Timings:
     report: float = 0.0
     send_cpu: float = 0.0
     """CPU seconds of this process (every thread) during the send."""
+    loop_cpu: float = 0.0
+    """CPU seconds of the send loop's own thread (claims, records) during the send."""
 
     @property
     def total(self) -> float:
@@ -392,7 +419,7 @@ def send_campaign(
             batch_size=settings.delivery.batch_size,
         )
         sampler.started = time.perf_counter()
-        cpu = time.process_time()
+        cpu, loop_cpu = time.process_time(), time.thread_time()
         if profile == "cprofile":
             profiler = cProfile.Profile()
             run = profiler.runcall(dispatcher.run, campaign.id)
@@ -400,6 +427,7 @@ def send_campaign(
             run = dispatcher.run(campaign.id)
         t3 = time.perf_counter()
         timings.send_cpu = time.process_time() - cpu
+        timings.loop_cpu = time.thread_time() - loop_cpu
         final = campaigns.report(store, campaign.id)
         t4 = time.perf_counter()
         transport.close()
@@ -489,6 +517,216 @@ def bench_sendgrid(n: int, workdir: Path, profile: str | None, processes: int) -
     return ok
 
 
+# -- our send against the ceiling ------------------------------------------------------------------
+
+CEILING_BODIES = 8
+"""Distinct pre-built request bodies the ceiling client cycles through: the emulator parses, checks and
+records each request anew, so a repeated body costs it what a fresh one does, and a few megabytes of
+bodies stand for the whole send."""
+
+
+def ceiling_bodies(settings: Settings, transport: SendGridTransport, count: int, size: int) -> list[bytes]:
+    """``count`` request bodies of ``size`` recipients each, built by our own transport for subscribers
+    shaped like the generated ones (same addresses, names and id widths): the same size and shape as
+    the requests of our send, made before the clock starts."""
+    links = Links(settings, Signer(KEY))
+    _, rendered = checked_issue(ISSUE, settings, links)
+    message = MessageTemplate(settings, rendered).for_campaign(1)
+    bodies = []
+    for first in range(1, count * size, size):
+        envelopes = []
+        for i in range(first, first + size):
+            recipient = Recipient(i, f"reader{i:07d}@example.com", f"Reader {i}" if i % 5 else None)
+            envelopes.append(Envelope(i, recipient, links.personal_fields(recipient)))
+        bodies.append(transport.request_payload(Batch(1, rendered, message, envelopes), envelopes))
+    return bodies
+
+
+def ceiling_send(url: str, bodies: list[bytes], requests: int, concurrency: int) -> tuple[float, float]:
+    """The ceiling: ``requests`` pre-built bodies posted over ``concurrency`` keep-alive connections
+    (http.client, nothing else per request). Returns (seconds, CPU seconds of this process)."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    turns = itertools.count()
+    refused: list[int] = []
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        try:
+            while (turn := next(turns)) < requests:
+                connection.request("POST", "/v3/mail/send", bodies[turn % len(bodies)], headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 202:
+                    refused.append(response.status)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started, cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if refused:
+        raise SystemExit(f"the emulator refused {len(refused)} ceiling requests (status {refused[0]})")
+    return seconds, cpu
+
+
+@dataclass
+class Leg:
+    """One measured send of N recipients: ours or the ceiling's."""
+
+    seconds: float
+    cpu: float
+    """CPU seconds of the sender (this process and any worker processes)."""
+    emulator_cpu: float
+    loop_cpu: float = 0.0
+    """Of ``cpu``, the send loop's thread (claims and records); the rest is the couriers'."""
+
+    def rate(self, n: int) -> float:
+        return n / self.seconds
+
+    def line(self, n: int) -> str:
+        return (
+            f"{self.rate(n):9,.0f}/s  {self.cpu / n * 1e6:5.1f} µs CPU/recipient"
+            f" ({self.cpu / self.seconds:4.0%} of a core; emulator {self.emulator_cpu / self.seconds:4.0%})"
+        )
+
+
+BREAKDOWN = (
+    "claim (SQL: pick, re-check suppression, mark sending)",
+    "sign two links, make the envelopes",
+    "build the request body",
+    "the sendgrid library's request (CPU only)",
+    "record (SQL: mark sent)",
+)
+
+
+def breakdown(settings: Settings) -> dict[str, float]:
+    """CPU seconds of each step of a send, timed alone: every batch of a fresh campaign claimed, signed,
+    built, posted and recorded one after another on this thread (``thread_time``, so the time spent
+    waiting for the emulator is not in it). Sending builds the body again: that build is taken off."""
+    steps = dict.fromkeys(BREAKDOWN, 0.0)
+    claim, sign, build, post, record = BREAKDOWN
+    transport = SendGridTransport(settings, API_KEY)
+    with open_bench_store(settings) as store:
+        links = Links(settings, store.signer)
+        campaign, _ = start_campaign(store, plan_send(store, settings, ISSUE, links), transport.name)
+        campaigns.start(store, campaign.id)
+        run_id = ledger.start_run(store, campaign.id)
+        courier = Courier(settings, transport, links, campaigns.load_rendered(store, campaign.id))
+        size = min(settings.delivery.batch_size, transport.max_batch)
+        for number in itertools.count():
+            batch_id = f"{run_id}-{number}"
+            started = time.thread_time()
+            claimed = ledger.claim(
+                store, campaign.id, run_id, size, batch_id=batch_id, ahead=transport.send_ahead
+            )
+            signing = time.thread_time()
+            steps[claim] += signing - started
+            if not claimed.rows:
+                break
+            job = Job(campaign.id, batch_id, claimed.rows, None)
+            envelopes = courier.envelopes(job)
+            building = time.thread_time()
+            steps[sign] += building - signing
+            batch = courier.batch(job, envelopes)
+            transport.request_payload(batch, envelopes)
+            sending = time.thread_time()
+            steps[build] += sending - building
+            outcomes = transport.send(batch)
+            recording = time.thread_time()
+            steps[post] += recording - sending - (sending - building)
+            ledger.record(store, outcomes, (campaign.id, batch_id))
+            steps[record] += time.thread_time() - recording
+        ledger.end_run(store, run_id)
+    return steps
+
+
+def bench_ceiling(n: int, workdir: Path, rounds: int, processes: int) -> bool:
+    """Our send of N recipients against the ceiling, interleaved ``rounds`` times against one emulator
+    process: ceiling, ours, ceiling, ours… (each of ours on a fresh copy of one generated store); then
+    the serial pass that breaks the sender's CPU down by step."""
+    base = workdir / "ceiling.db"
+    if child("generate", "--db", str(base), "--count", str(n)).wait() != 0:
+        raise SystemExit("generating subscribers failed")
+    emulator, url = start_emulator()
+    ours: list[Leg] = []
+    ceiling: list[Leg] = []
+    ok = True
+    try:
+        copy = workdir / "ceiling-run.db"
+        settings = bench_settings(
+            copy,
+            delivery={"batch_size": 1000, "rate_per_second": 1e9, "processes": processes},
+            sendgrid={"host": url, "timeout": 60.0},
+        )
+        os.environ["SENDGRID_API_KEY"] = API_KEY
+        size = min(settings.delivery.batch_size, SendGridTransport.max_batch)
+        concurrency = processes if processes > 1 else settings.sendgrid.concurrency
+        bodies = ceiling_bodies(settings, SendGridTransport(settings, API_KEY), CEILING_BODIES, size)
+        requests = -(-n // size)
+        for _ in range(rounds):
+            emulator_reset(url)
+            before = cpu_seconds(emulator.pid)
+            seconds, cpu = ceiling_send(url, bodies, requests, concurrency)
+            ceiling.append(Leg(seconds, cpu, cpu_seconds(emulator.pid) - before))
+            ok &= emulator_stats(url)["recipients"] == requests * size
+
+            shutil.copy(base, copy)
+            emulator_reset(url)
+            sampler = Sampler(not_workers={emulator.pid})
+            before = cpu_seconds(emulator.pid)
+            timings, _, final = send_campaign(settings, SendGridTransport(settings, API_KEY), sampler, None)
+            workers = sum(sampler.workers_cpu.values())
+            emulator_cpu = cpu_seconds(emulator.pid) - before
+            ours.append(Leg(timings.send, timings.send_cpu + workers, emulator_cpu, timings.loop_cpu))
+            ok &= emulator_stats(url)["recipients"] == n and final.counts == Counter({"sent": n})
+        shutil.copy(base, copy)
+        emulator_reset(url)
+        steps = breakdown(settings)
+        ok &= emulator_stats(url)["recipients"] == n
+    finally:
+        stop(emulator)
+
+    in_flight = f"{processes} worker processes" if processes > 1 else f"{concurrency} requests in flight"
+    print(
+        f"SendGrid against the ceiling: {n:,} recipients a run, {size} a request, {in_flight}, "
+        f"{rounds} rounds interleaved, one emulator process"
+    )
+    print(
+        f"  ceiling: a keep-alive http.client posting pre-built bodies ({len(bodies[0]) / 1024:,.0f} KB each)"
+    )
+    print("  ours: claim, sign two links, build the body, the sendgrid library's request, record")
+    for index, (top, mine) in enumerate(zip(ceiling, ours, strict=True), 1):
+        print(f"  round {index}: ceiling {top.line(n)}")
+        print(f"           ours    {mine.line(n)}   ratio {mine.rate(n) / top.rate(n):.2f}")
+    top_rate = statistics.median(leg.rate(n) for leg in ceiling)
+    our_rate = statistics.median(leg.rate(n) for leg in ours)
+    our_cpu = statistics.median(leg.cpu / n * 1e6 for leg in ours)
+    loop = statistics.median(leg.loop_cpu / n * 1e6 for leg in ours)
+    print(
+        f"  median: ceiling {top_rate:,.0f}/s, ours {our_rate:,.0f}/s, ratio {our_rate / top_rate:.2f}; "
+        f"sender CPU {our_cpu:.1f} µs per recipient ({loop:.1f} of it the send loop's thread, which claims "
+        f"and records; {our_cpu - loop:.1f} the couriers)"
+    )
+    print(
+        "  sender CPU per recipient by step, each timed alone on one thread (a serial send of a fresh copy):"
+    )
+    for step, seconds in steps.items():
+        print(f"    {step:54s} {seconds / n * 1e6:5.1f} µs")
+    print(f"    {'together':54s} {sum(steps.values()) / n * 1e6:5.1f} µs")
+    for name, met in (
+        ("our send ≥ 0.8 x the ceiling", our_rate >= 0.8 * top_rate),
+        ("sender CPU ≤ 10 µs per recipient", our_cpu <= 10.0),
+        ("the emulator saw exactly N recipients each run, ledger all sent", ok),
+    ):
+        print(f"  [{'met' if met else 'MISSED'}] {name}")
+    return ok
+
+
 def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str, processes: int) -> bool:
     db = workdir / "smtp.db"
     generator = child("generate", "--db", str(db), "--count", str(m))
@@ -539,8 +777,7 @@ MAIN_STEPS = (
 )
 SEND_STEPS = (
     ("signed links (Links.personal_fields)", "Links.personal_fields"),
-    ("request body (dicts, escaping)", "request_body"),
-    ("serialising the body (orjson)", "_Body.__init__"),
+    ("request body (JSON written from the values)", "request_payload"),
     ("waiting for the response", "readinto"),
     ("connect", "create_connection"),
     ("sending the body", "_send_output"),
@@ -592,6 +829,13 @@ def summarise_profile(path: Path, rate: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=1_000_000, help="SendGrid recipients (N)")
+    parser.add_argument(
+        "--ceiling-recipients",
+        type=int,
+        default=200_000,
+        help="recipients of each run against the ceiling (C); 0: skip  [default: 200,000]",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="ceiling/ours pairs  [default: 3]")
     parser.add_argument("--smtp-recipients", type=int, default=20_000, help="SMTP recipients (M); 0: skip")
     parser.add_argument(
         "--smtp-sink",
@@ -642,6 +886,8 @@ def main() -> None:
     processes = args.processes or load_settings(ROOT / "settings.toml").delivery.processes
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         bench_settings(Path(tmp) / "unused.db")  # a broken settings.toml fails now, not after generating
+        if args.ceiling_recipients:
+            ok &= bench_ceiling(args.ceiling_recipients, Path(tmp), args.rounds, processes)
         if args.recipients:
             ok &= bench_sendgrid(args.recipients, Path(tmp), profile, processes)
         if args.smtp_recipients:

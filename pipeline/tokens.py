@@ -17,6 +17,7 @@ works without setup.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -36,8 +37,13 @@ PREVIEW_ID = 0
 (ids start at 1), and the web pages answer such a link "this is a preview" and change nothing."""
 
 
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """URL-safe base64 without padding (``base64.urlsafe_b64encode`` minus its Python layers: it runs
+    twice per recipient of a send)."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URL_SAFE).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -76,13 +82,31 @@ class Signer:
         self._key = key
         # Keyed BLAKE2b is a MAC in one call, about twice as fast as HMAC-SHA256 here, and two links per
         # recipient make tags the hot path of a send. Keys longer than BLAKE2b takes are hashed first.
-        self._mac_key = hashlib.blake2b(key, digest_size=32, person=b"newsletter-tags").digest()
+        mac_key = hashlib.blake2b(key, digest_size=32, person=b"newsletter-tags").digest()
+        self._keyed = hashlib.blake2b(key=mac_key, digest_size=_TAG_BYTES)
+        self._purposes: dict[str, hashlib.blake2b] = {}
+
+    def _state(self, purpose: str) -> hashlib.blake2b:
+        """A hash state that has taken the key and ``purpose + NUL``. BLAKE2b is a stream: a copy of it
+        fed the rest of a message gives that message's one-shot tag, without setting up the key again."""
+        state = self._purposes.get(purpose)
+        if state is None:
+            state = self._keyed.copy()
+            state.update(purpose.encode() + b"\0")
+            self._purposes[purpose] = state
+        return state
 
     def _tag(self, purpose: str, payload: bytes, address: str | None) -> bytes:
-        message = purpose.encode() + b"\0" + payload
-        if address is not None:  # None: the id-only tags of before (one NUL less, so never the same)
-            message += b"\0" + address.encode()
-        return hashlib.blake2b(message, key=self._mac_key, digest_size=_TAG_BYTES).digest()
+        state = self._state(purpose).copy()
+        if address is None:  # the id-only tags of before (one NUL less, so never the same)
+            state.update(payload)
+        else:
+            state.update(payload + b"\0" + address.encode())
+        return state.digest()
+
+    def __reduce__(self) -> tuple[type[Signer], tuple[bytes]]:
+        """Pickled as its key (hash states do not pickle): links go to worker processes this way."""
+        return (Signer, (self._key,))
 
     def sign(
         self, purpose: str, subscriber_id: int, *, expires_at: int | None = None, address: str = ""
@@ -95,6 +119,21 @@ class Signer:
         payload = str(subscriber_id) if expires_at is None else f"{subscriber_id}.{expires_at}"
         raw = payload.encode("ascii")
         return f"{_b64(raw)}.{_b64(self._tag(purpose, raw, address))}"
+
+    def sign_pair(self, first: str, second: str, subscriber_id: int, *, address: str) -> tuple[str, str]:
+        """``(sign(first, …), sign(second, …))`` for one id and address, the two links of every message
+        of a send, at two thirds of the cost: the payload is encoded once and both tags in one base64
+        pass (the first padded to 18 bytes, a whole number of base64 groups, so each keeps its own 22
+        characters)."""
+        raw = str(subscriber_id).encode("ascii")
+        message = raw + b"\0" + address.encode()
+        one, two = self._state(first).copy(), self._state(second).copy()
+        one.update(message)
+        two.update(message)
+        tags = binascii.b2a_base64(one.digest() + b"\0\0" + two.digest(), newline=False)
+        encoded = tags.translate(_URL_SAFE).decode("ascii")
+        prefix = _b64(raw) + "."
+        return prefix + encoded[:22], prefix + encoded[24:46]
 
     def claimed_id(self, token: str) -> int:
         """The subscriber id ``token`` names, unchecked: whose address to verify it against."""

@@ -60,13 +60,20 @@ class Courier:
 
     def deliver(self, job: Job) -> list[Outcome]:
         """Personalise the claimed rows and hand them to the transport as one batch."""
+        return self.transport.send(self.batch(job, self.envelopes(job)))
+
+    def envelopes(self, job: Job) -> list[Envelope]:
+        """Each claimed row with its personal fields (two signed links): the per-recipient work."""
         personal_fields = self.links.personal_fields
         envelopes = []
         for delivery_id, subscriber_id, email, name, timezone in job.rows:
             recipient = Recipient(subscriber_id, email, name, timezone)
             envelopes.append(Envelope(delivery_id, recipient, personal_fields(recipient)))
+        return envelopes
+
+    def batch(self, job: Job, envelopes: list[Envelope]) -> Batch:
         message = self.message.for_campaign(job.campaign_id)  # with its Feedback-ID
-        return self.transport.send(Batch(job.campaign_id, self.rendered, message, envelopes, job.send_at))
+        return Batch(job.campaign_id, self.rendered, message, envelopes, job.send_at)
 
 
 _courier: Courier | None = None

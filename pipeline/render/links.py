@@ -25,21 +25,27 @@ class Links:
         self.base_url = settings.newsletter.base_url
         self.fallback_name = settings.newsletter.first_name_fallback
         self.signer = signer
+        self._unsubscribe_base = f"{self.base_url}/u/"
+        self._preferences_base = f"{self.base_url}/preferences/"
 
     def unsubscribe(self, subscriber_id: int, email: str) -> str:
-        return f"{self.base_url}/u/{self.signer.sign(UNSUBSCRIBE, subscriber_id, address=email)}"
+        return self._unsubscribe_base + self.signer.sign(UNSUBSCRIBE, subscriber_id, address=email)
 
     def preferences(self, subscriber_id: int, email: str) -> str:
-        return f"{self.base_url}/preferences/{self.signer.sign(PREFERENCES, subscriber_id, address=email)}"
+        return self._preferences_base + self.signer.sign(PREFERENCES, subscriber_id, address=email)
 
     def personal_fields(self, recipient: Recipient) -> PersonalFields:
-        """Everything that differs between two recipients' copies of an issue."""
-        subscriber_id, email = recipient.subscriber_id, recipient.email
+        """Everything that differs between two recipients' copies of an issue (once per recipient of a
+        send: both links are signed in one call)."""
+        email = recipient.email
+        unsubscribe, preferences = self.signer.sign_pair(
+            UNSUBSCRIBE, PREFERENCES, recipient.subscriber_id, address=email
+        )
         return PersonalFields(
-            first_name=recipient.first_name(self.fallback_name),
-            email=email,
-            unsubscribe_url=self.unsubscribe(subscriber_id, email),
-            preferences_url=self.preferences(subscriber_id, email),
+            recipient.first_name(self.fallback_name),
+            email,
+            self._unsubscribe_base + unsubscribe,
+            self._preferences_base + preferences,
         )
 
     def preview_fields(self, recipient: Recipient) -> PersonalFields:
