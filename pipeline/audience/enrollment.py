@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, insert, literal, select
+from sqlalchemy import Exists, Select, and_, exists, insert, literal, select
 from sqlalchemy.engine import Connection
 
 from pipeline.store.engine import Store, in_chunks
@@ -39,14 +38,13 @@ def enroll(conn: Connection, subscriber_ids: Collection[int], *, now: dt.datetim
             s.status == SubscriberStatus.ACTIVE,
             ~exists().where(e.subscriber_id == s.id),
         )
-        statement = insert(welcome_enrollments).from_select(
-            ["subscriber_id", "enrolled_at", "source"], newcomers
-        )
-        joined += conn.execute(statement).rowcount or 0
+        columns = ["subscriber_id", "enrolled_at", "source"]
+        statement = insert(welcome_enrollments).from_select(columns, newcomers).returning(e.subscriber_id)
+        joined += len(conn.execute(statement).all())  # an INSERT … SELECT's rowcount is -1 through psycopg
     return joined
 
 
-def left_since_joining() -> Any:
+def left_since_joining() -> Exists:
     """The SQL condition "this enrolled person unsubscribed, bounced or complained after joining"
     (correlated with ``welcome_enrollments``): they have left the series for good."""
     ev, e = subscriber_events.c, welcome_enrollments.c
@@ -71,11 +69,3 @@ def enrolled_at(store: Store, subscriber_id: int) -> dt.datetime | None:
     with store.read() as conn:
         query = select(e.enrolled_at).where(e.subscriber_id == subscriber_id)
         return conn.execute(query).scalar_one_or_none()
-
-
-def enrolled_count(store: Store) -> tuple[int, int]:
-    """(everyone who ever joined, those still in the series)."""
-    with store.read() as conn:
-        total = conn.execute(select(func.count()).select_from(welcome_enrollments)).scalar_one()
-        current = conn.execute(select(func.count()).select_from(in_series().subquery())).scalar_one()
-    return int(total), int(current)

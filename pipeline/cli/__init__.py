@@ -94,6 +94,10 @@ COMMANDS = {
         "pipeline.cli.templates:templates",
         "The packaged templates: see which the project overrides, copy one into it to edit.",
     ),
+    "welcome": Entry(
+        "pipeline.cli.welcome:welcome",
+        "The welcome series: each step with what it sent, who is at which step, and what is due next.",
+    ),
 }
 """Every command by name. A command's module (and the libraries it needs) is imported only when that
 command runs or shows its own help: `newsletter check` never loads the database or the web stack."""

@@ -5,6 +5,12 @@ A campaign keeps the issue as rendered when it started, so a resumed campaign se
 recipient the same content, even if the YAML file was edited since. This module owns the
 ``campaigns`` table; what happens to each recipient is the ledger's (``ledger``), called inside the
 same transactions where a campaign's change moves its rows too (freeze, cancel, resolve).
+
+A welcome step's campaign (``kind`` welcome) stands open instead: each tick adds the readers whose day
+for the step has come (``standing_campaign``), and it runs again, finishing each time nobody is
+left to send to. Its content follows the step file between those cohorts: an edit reaches the
+readers added after it, never one already queued, and those who got the step keep what they got.
+Such a campaign is no issue: the archive never lists it, and no issue's campaign counts it.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, insert, select, update
+from sqlalchemy import ColumnElement, Select, Subquery, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.audience.selection import segment_select
+from pipeline.content.issue import WELCOME_DIR
 from pipeline.dispatch import ledger
 from pipeline.errors import DispatchError, StoreError
 from pipeline.render.renderer import RenderedIssue, SplitTemplate
 from pipeline.store.engine import Store, utcnow
-from pipeline.store.statuses import CampaignStatus, DeliveryStatus
+from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus
 from pipeline.store.tables import campaigns
 
 TRANSITIONS: dict[str, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
@@ -55,13 +62,14 @@ class Campaign:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     send_after: dt.datetime | None
+    kind: CampaignKind = CampaignKind.ISSUE
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Campaign:
         return cls(
             id=row["id"],
             issue_slug=row["issue_slug"],
-            segments=tuple(row["segments"].split(",")),
+            segments=tuple(filter(None, row["segments"].split(","))),  # a welcome step names none
             subject=row["subject"],
             status=CampaignStatus(row["status"]),
             status_reason=row["status_reason"],
@@ -71,6 +79,7 @@ class Campaign:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             send_after=row["send_after"],
+            kind=CampaignKind(row["kind"]),
         )
 
 
@@ -121,6 +130,13 @@ def find_campaign(store: Store, slug: str, segments: Iterable[str]) -> Campaign 
             .first()
         )
     return Campaign.from_row(row) if row else None
+
+
+def welcome_campaigns(store: Store) -> dict[str, Campaign]:
+    """Every welcome step's campaign, by its slug (``welcome/NN-slug``)."""
+    query = select(*_SUMMARY).where(campaigns.c.kind == CampaignKind.WELCOME).order_by(campaigns.c.id)
+    with store.read() as conn:
+        return {row["issue_slug"]: Campaign.from_row(row) for row in conn.execute(query).mappings()}
 
 
 def _get(conn: Connection, campaign_id: int) -> Campaign:
@@ -199,6 +215,10 @@ def create_campaign(
     recipient, by ``INSERT … SELECT``) is one transaction: a crash leaves either both or neither.
     ``prepare(conn, campaign_id)`` runs in that transaction too (per-recipient send times).
     """
+    if rendered.slug.startswith(f"{WELCOME_DIR}/"):
+        raise DispatchError(
+            f"{rendered.slug} is a welcome step: `newsletter run` sends it to each reader on their day"
+        )
     key = segments_key(segments)
     audience = segment_select(store, segments).subquery()
     now = utcnow()
@@ -209,12 +229,7 @@ def create_campaign(
                 .values(
                     issue_slug=rendered.slug,
                     segments=key,
-                    subject=rendered.subject,
-                    preheader=rendered.preheader,
-                    html=rendered.html.with_tags(_placeholder),
-                    text=rendered.text.with_tags(_placeholder),
-                    web_html=rendered.web,
-                    content_hash=content_hash(rendered),
+                    **_content(rendered),
                     transport=transport,
                     status=status,
                     send_after=send_after,
@@ -238,6 +253,74 @@ def create_campaign(
 
 def _placeholder(name: str) -> str:
     return f"[[nl:{name}]]"
+
+
+def _content(rendered: RenderedIssue) -> dict[str, str | None]:
+    """The columns that keep the issue as rendered (what every copy is made of, and its hash)."""
+    return {
+        "subject": rendered.subject,
+        "preheader": rendered.preheader,
+        "html": rendered.html.with_tags(_placeholder),
+        "text": rendered.text.with_tags(_placeholder),
+        "web_html": rendered.web,
+        "content_hash": content_hash(rendered),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """What ``standing_campaign`` did: the campaign, how many readers it added, and whether it took
+    the step file's new content first."""
+
+    campaign: Campaign
+    added: int
+    content_changed: bool = False
+
+
+def standing_campaign(
+    store: Store, rendered: RenderedIssue, transport: str, cohort: Callable[[int], Subquery]
+) -> Cohort:
+    """Add to a welcome step's campaign (made now if it has none) the readers ``cohort(campaign id)``
+    selects, in one transaction: they are queued, and a finished campaign runs again.
+
+    When nothing is queued or in flight, the campaign first takes ``rendered`` if the step file was
+    edited. A cancelled one takes nobody more: the operator stopped the step.
+    """
+    c = campaigns.c
+    now = utcnow()
+    try:
+        with store.write() as conn:
+            mine = (c.kind == CampaignKind.WELCOME, c.issue_slug == rendered.slug)
+            row = conn.execute(select(*_SUMMARY).where(*mine).with_for_update()).mappings().first()
+            if row is None:
+                values = {"kind": CampaignKind.WELCOME, "status": CampaignStatus.RUNNING, "started_at": now}
+                campaign_id = conn.execute(
+                    insert(campaigns)
+                    .values(issue_slug=rendered.slug, segments="", **_content(rendered), transport=transport)
+                    .values(created_at=now, **values)
+                    .returning(c.id)
+                ).scalar_one()
+                campaign = _get(conn, campaign_id)
+            else:
+                campaign = Campaign.from_row(row)
+            if campaign.status == CampaignStatus.CANCELLED:
+                return Cohort(campaign, 0)
+            on_their_way = ledger.unfinished(ledger.status_counts(conn, campaign.id))
+            changed = campaign.content_hash != content_hash(rendered) and not on_their_way
+            if changed:
+                conn.execute(update(campaigns).where(c.id == campaign.id).values(**_content(rendered)))
+            added = ledger.append(conn, campaign.id, cohort(campaign.id))
+            if added and campaign.status == CampaignStatus.FINISHED:
+                conn.execute(
+                    update(campaigns)
+                    .where(c.id == campaign.id)
+                    .values(status=CampaignStatus.RUNNING, finished_at=None)
+                )
+            return Cohort(_get(conn, campaign.id), added, changed)
+    except StoreError as exc:  # another instance made the campaign at the same moment: add to it
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+    return standing_campaign(store, rendered, transport, cohort)
 
 
 def change_status(store: Store, campaign_id: int, action: str, reason: str | None = None) -> Campaign:
@@ -331,9 +414,11 @@ class PublishedIssue:
 
 def _first_published(*columns: ColumnElement[Any]) -> Select[Any]:
     """``columns`` of the campaigns whose issue has gone out, oldest first: an issue's archive entry
-    is its first such campaign (a later one to another audience sent the same issue again)."""
+    is its first such campaign (a later one to another audience sent the same issue again). Welcome
+    steps are no issues: they are never published."""
     c = campaigns.c
-    return select(*columns).where(c.status.in_(PUBLISHED), c.started_at.is_not(None)).order_by(c.id)
+    published = (c.kind == CampaignKind.ISSUE, c.status.in_(PUBLISHED), c.started_at.is_not(None))
+    return select(*columns).where(*published).order_by(c.id)
 
 
 def published(store: Store) -> list[PublishedIssue]:

@@ -1,5 +1,6 @@
-"""The per-recipient ledger, every write to ``deliveries``: freeze an audience, claim a batch, record
-what the transport said, find rows in doubt, cancel and resolve.
+"""The per-recipient ledger, every write to ``deliveries``: freeze an audience (or append a cohort to a
+welcome step's standing campaign), claim a batch, record what the transport said, find rows in
+doubt, cancel and resolve.
 
 A campaign's audience is frozen into one ``queued`` row per recipient when it starts. A batch is claimed in one short transaction: queued rows are taken in id order (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, so several workers never take the same row), anyone who unsubscribed, bounced,
@@ -101,6 +102,20 @@ def freeze(conn: Connection, campaign_id: int, audience: Subquery, earlier: list
         audience.outerjoin(had, had.c.subscriber_id == audience.c.id)
     )
     conn.execute(insert(deliveries).from_select(columns, frozen))
+
+
+def append(conn: Connection, campaign_id: int, cohort: Subquery) -> int:
+    """Add one ``queued`` row per member of ``cohort`` (id, email, name, timezone) to a campaign that
+    stands open (a welcome step's, as its readers' days come), by ``INSERT … SELECT``; returns how
+    many. The (campaign, subscriber) unique key refuses a second row for anyone, so ``cohort`` must
+    leave out whoever has one: nobody is queued twice."""
+    columns = ["campaign_id", "subscriber_id", "email", "name", "timezone", "status"]
+    rows = select(
+        literal(campaign_id), cohort.c.id, cohort.c.email, cohort.c.name, cohort.c.timezone,
+        literal(DeliveryStatus.QUEUED.value),
+    )  # fmt: skip
+    added = conn.execute(insert(deliveries).from_select(columns, rows).returning(deliveries.c.id))
+    return len(added.all())  # an INSERT … SELECT's rowcount is -1 through psycopg
 
 
 def _had_the_issue(earlier: list[int]) -> Select[tuple[int, int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.audience import selection
 from pipeline.content.issue import IssueFile
 from pipeline.dispatch import campaigns
-from pipeline.errors import ContentError, Severity
+from pipeline.errors import ContentError, DispatchError, Severity
 from pipeline.render.links import Links
 from pipeline.render.lint import check_issue
 from pipeline.render.renderer import RenderedIssue, Renderer
@@ -45,6 +45,11 @@ def plan_send(
     store: Store, settings: Settings, path: Path, links: Links, segments: tuple[str, ...] = ()
 ) -> SendPlan:
     issue_file, rendered = checked_issue(path, settings, links)
+    if issue_file.welcome:
+        raise DispatchError(
+            f"{path}: a welcome step is sent by `newsletter run` to each reader on their day, not by "
+            "`send` (`send --to ADDRESS` mails a test copy)"
+        )
     chosen = tuple(segments or issue_file.issue.segments or settings.newsletter.default_segments)
     counts = {name: selection.count(store, [name]) for name in chosen}
     existing = campaigns.find_campaign(store, issue_file.slug, chosen)

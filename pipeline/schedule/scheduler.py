@@ -10,7 +10,10 @@ A tick (every ``schedule.tick_seconds``, driven by a ``schedule.Scheduler``; or 
 3. sends every campaign the scheduler started that is not finished, oldest first, with the
    ``Dispatcher``: an interrupted one resumes, and per-recipient time-zone buckets go out as they
    come due (rows left ``sending`` by a dead run become in doubt, never resent silently);
-4. does its ``chores``, such as reading the bounce mailbox (given by the caller: feedback is a stage
+4. adds to each welcome step's campaign the readers whose day for it has come (``dispatch.welcome``;
+   a step whose file has errors adds nobody and is reported, the others go on), then sends every
+   welcome campaign that is running, the same way;
+5. does its ``chores``, such as reading the bounce mailbox (given by the caller: feedback is a stage
    beside this one), each failure reported like an issue's.
 
 Time comes from an injected clock, so tests run a year of Tuesdays without sleeping.
@@ -27,7 +30,7 @@ from functools import partial
 import schedule
 
 from pipeline.clock import Clock, SystemClock
-from pipeline.dispatch import campaigns
+from pipeline.dispatch import campaigns, welcome
 from pipeline.dispatch.dispatcher import RunEnd, RunReport, run_campaign
 from pipeline.dispatch.plan import checked_issue
 from pipeline.errors import DispatchError, PipelineError
@@ -40,7 +43,7 @@ from pipeline.schedule.tickreport import IssueOutcome, TickReport
 from pipeline.schedule.timetable import Slot, Timetable
 from pipeline.settings import Settings
 from pipeline.store.engine import Store
-from pipeline.store.statuses import CampaignStatus, DeliveryStatus
+from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus
 from pipeline.transports import Transport, open_transport
 
 log = logging.getLogger(__name__)
@@ -141,17 +144,43 @@ class Scheduler:
                 break
             self._guarded(report, decision.issue_slug, partial(self._send, decision, by_slug, report))
         report.next_slot = next((s for s in slots if s.due_at > now and s.slug not in decided), None)
+        self._welcome_series(now, report)
         self._look_after_the_rest(report)
 
+    def _welcome_series(self, now: dt.datetime, report: TickReport) -> None:
+        """Queue each welcome step's due readers, then send every welcome campaign that runs."""
+        for step in welcome.steps(self.settings):
+            if self.stop.is_set():
+                return
+            self._guarded(report, step.slug, partial(self._queue_step, step, now, report))
+        for slug, campaign in campaigns.welcome_campaigns(self.store).items():
+            if self.stop.is_set():
+                return
+            if campaign.status == CampaignStatus.RUNNING:
+                self._guarded(report, slug, partial(self._run, slug, campaign, report, "sent"))
+
+    def _queue_step(self, step: welcome.Step, now: dt.datetime, report: TickReport) -> None:
+        if step.problem is not None:
+            raise DispatchError(f"cannot be sent: {step.problem}; nobody gets this step until it is fixed")
+        cohort = welcome.queue(self.store, self.settings, self.links, step, now)
+        if cohort is None or not cohort.added:
+            return
+        changed = "; the edited file from now on" if cohort.content_changed else ""
+        detail = f"{cohort.added:,} reader(s) due, campaign #{cohort.campaign.id}{changed}"
+        log.info("%s: %s", step.slug, detail)
+        report.outcomes.append(IssueOutcome(step.slug, "queued", detail, cohort.campaign.id))
+
     def _look_after_the_rest(self, report: TickReport) -> None:
-        """Every campaign with recipients in doubt, and every running one the scheduler did not start
-        that still has people queued (a `send` that stopped): reported each tick until dealt with."""
+        """Every campaign with recipients in doubt, and every running issue campaign the scheduler did
+        not start that still has people queued (a `send` that stopped): reported each tick until dealt
+        with. (Welcome campaigns are the scheduler's own: each tick sends them.)"""
         linked = {d.campaign_id for d in decisions.all_decisions(self.store).values()}
         for campaign, counts in campaigns.list_campaigns(self.store):
             if counts[DeliveryStatus.IN_DOUBT]:
                 report.in_doubt.append((campaign.id, campaign.issue_slug, counts[DeliveryStatus.IN_DOUBT]))
             queued = counts[DeliveryStatus.QUEUED]
-            if campaign.id not in linked and campaign.status == CampaignStatus.RUNNING and queued:
+            by_hand = campaign.id not in linked and campaign.kind == CampaignKind.ISSUE
+            if by_hand and campaign.status == CampaignStatus.RUNNING and queued:
                 detail = (
                     f"campaign #{campaign.id} was started outside the scheduler and stopped with "
                     f"{queued:,} queued; `newsletter campaigns resume {campaign.id}` sends them"
@@ -258,6 +287,11 @@ class Scheduler:
             campaign = self._campaign(slot, None)
         else:
             campaign = campaigns.get_campaign(self.store, decision.campaign_id)
+        fresh = any(o.slug == slug and o.action == "started" for o in report.outcomes)
+        self._run(slug, campaign, report, "sent" if fresh else "resumed")
+
+    def _run(self, slug: str, campaign: campaigns.Campaign, report: TickReport, verb: str) -> None:
+        """Send what is due of ``campaign`` (renewing the lease after each batch) and report it."""
         halt = _Halt(self.stop)
         run = run_campaign(
             self.store,
@@ -271,8 +305,7 @@ class Scheduler:
         if run.end is RunEnd.WAITING:
             report.outcomes.append(IssueOutcome(slug, "waiting", "rows not yet due", campaign.id))
             return
-        fresh = any(o.slug == slug and o.action == "started" for o in report.outcomes)
-        self._log_run(slug, campaign, run, "sent" if fresh else "resumed")
+        self._log_run(slug, campaign, run, verb)
         report.outcomes.append(IssueOutcome(slug, "sent", run.campaign.status, campaign.id, run))
         if run.end is RunEnd.TRANSPORT_UNAVAILABLE:
             raise DispatchError(f"campaign #{campaign.id}: {run.why}")

@@ -1,4 +1,4 @@
-"""What one scheduler tick did: an outcome per issue, or who held the lease while it waited.
+"""What one scheduler tick did: an outcome per issue (and welcome step), or who held the lease while it waited.
 
 The CLI prints it (`newsletter run --once`) and turns ``ok`` into the exit status; tests read it.
 """
@@ -21,7 +21,8 @@ class IssueOutcome:
 
     ``started`` (decided and its campaign created), ``missed`` (decided: too late), ``sent`` (a
     dispatch run, with its report), ``waiting`` (its rows are not due yet), ``failed`` (with why),
-    ``unfinished`` (a campaign started by hand that stopped with people still queued).
+    ``unfinished`` (a campaign started by hand that stopped with people still queued), ``queued``
+    (readers whose day for a welcome step came, added to its campaign; ``slug`` is the step's).
     """
 
     slug: str
