@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Exists, Select, Subquery, case, exists, func, select
+from sqlalchemy import ColumnElement, Exists, Select, Subquery, and_, case, exists, func, select
 from sqlalchemy.engine import Connection
 
 from pipeline.audience.enrollment import in_series
@@ -46,17 +46,39 @@ class Step:
     problem: str | None = None
 
 
-def steps(settings: Settings) -> list[Step]:
-    """The series' files, in the order they go out (by ``after``; unreadable ones last)."""
-    folder = settings.path(settings.newsletter.issues_dir) / WELCOME_DIR
-    found = []
-    for path in sorted(folder.glob("*.yaml")):
-        slug = f"{WELCOME_DIR}/{path.stem}"
-        try:
-            found.append(Step(path, slug, load_issue(path).issue.after))
-        except ContentError as exc:
-            found.append(Step(path, slug, None, str(exc).splitlines()[0] if str(exc) else "cannot be read"))
-    return sorted(found, key=lambda s: (s.after is None, s.after or dt.timedelta(0), s.slug))
+class Series:
+    """The series' files, each read again only when it changes (size and mtime): the scheduler asks
+    every tick."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.folder = settings.path(settings.newsletter.issues_dir) / WELCOME_DIR
+        self._cache: dict[Path, tuple[tuple[int, int], Step]] = {}
+
+    def steps(self) -> list[Step]:
+        """The steps in the order they go out (by ``after``; unreadable ones last)."""
+        found: dict[Path, tuple[tuple[int, int], Step]] = {}
+        for path in sorted(self.folder.glob("*.yaml")):
+            try:
+                info = path.stat()
+            except OSError:  # removed while we looked
+                continue
+            signature = (info.st_mtime_ns, info.st_size)
+            cached = self._cache.get(path)
+            found[path] = cached if cached and cached[0] == signature else (signature, _step(path))
+        self._cache = found
+        return sorted((step for _, step in found.values()), key=_in_order)
+
+
+def _step(path: Path) -> Step:
+    slug = f"{WELCOME_DIR}/{path.stem}"
+    try:
+        return Step(path, slug, load_issue(path).issue.after)
+    except ContentError as exc:
+        return Step(path, slug, None, str(exc).splitlines()[0] if str(exc) else "cannot be read")
+
+
+def _in_order(step: Step) -> tuple[bool, dt.timedelta, str]:
+    return (step.after is None, step.after or dt.timedelta(0), step.slug)
 
 
 def window(settings: Settings) -> dt.timedelta:
@@ -78,13 +100,23 @@ def _waiting(campaign_id: int | None) -> Select[tuple[int, str, str | None, str 
     return query.where(~_has_row(campaign_id)) if campaign_id is not None else query
 
 
+def _joined(*, after: dt.datetime | None = None, by: dt.datetime | None = None) -> ColumnElement[bool]:
+    """The reader joined the series after ``after`` and by ``by``, written so both engines start from
+    that range of the enrolled_at index: SQLite, given only the range, walks every active subscriber
+    by the status index instead; ``id IN (the enrollments of that time)`` turns it round."""
+    e = welcome_enrollments.c
+    bounds = [e.enrolled_at > after] if after is not None else []
+    bounds += [e.enrolled_at <= by] if by is not None else []
+    # The range itself too: PostgreSQL then scans that range of the index instead of every enrollment.
+    return and_(*bounds, subscribers.c.id.in_(select(e.subscriber_id).where(*bounds)))
+
+
 def due(
     after: dt.timedelta, late: dt.timedelta, now: dt.datetime, campaign_id: int | None
 ) -> Select[tuple[int, str, str | None, str | None]]:
     """The readers waiting for a step (``_waiting``) whose moment, ``after`` their joining, has come
     by ``now``, at most ``late`` ago."""
-    joined = welcome_enrollments.c.enrolled_at
-    return _waiting(campaign_id).where(joined <= now - after, joined > now - after - late)
+    return _waiting(campaign_id).where(_joined(after=now - after - late, by=now - after))
 
 
 def count_due(store: Store, step: Step, settings: Settings, now: dt.datetime, campaign_id: int | None) -> int:
@@ -172,7 +204,7 @@ class Overview:
 def overview(store: Store, settings: Settings, now: dt.datetime, *, people: int = PEOPLE_SHOWN) -> Overview:
     """The series as it stands: each step with its ledger and who is due, who is at which step, and
     when the next step falls due."""
-    files = steps(settings)
+    files = Series(settings).steps()
     standing = campaigns.welcome_campaigns(store)
     late = window(settings)
     by_slug = {step.slug: step for step in files}
@@ -202,11 +234,11 @@ def _state(
     counts = ledger.status_counts(conn, campaign.id) if campaign else Counter[str]()
     if step is None or step.after is None:
         return StepState(step, slug, campaign, counts, 0, 0, 0, None)
-    joined = welcome_enrollments.c.enrolled_at
     campaign_id = campaign.id if campaign else None
     waiting = _waiting(campaign_id)
+    not_missed = waiting.where(_joined(after=now - step.after - late))
     first = conn.execute(
-        waiting.where(joined > now - step.after - late).with_only_columns(func.min(joined))
+        not_missed.with_only_columns(func.min(welcome_enrollments.c.enrolled_at))
     ).scalar_one()
     return StepState(
         step,
@@ -214,8 +246,8 @@ def _state(
         campaign,
         counts,
         due_now=_count(conn, due(step.after, late, now, campaign_id)),
-        upcoming=_count(conn, waiting.where(joined > now - step.after)),
-        missed=_count(conn, waiting.where(joined <= now - step.after - late)),
+        upcoming=_count(conn, waiting.where(_joined(after=now - step.after))),
+        missed=_count(conn, waiting.where(_joined(by=now - step.after - late))),
         next_at=first + step.after if first is not None else None,
     )
 

@@ -71,6 +71,7 @@ class Scheduler:
         self.lease = Lease(store, self.config.lease_seconds, holder=holder)
         self.links = Links(settings, store.signer)
         self.timetable = Timetable(settings)
+        self.series = welcome.Series(settings)
         self.catch_up = dt.timedelta(hours=self.config.catch_up_hours)
         self.zone = zone(schedule_zone(settings))
         self._renewed: dt.datetime | None = None
@@ -149,7 +150,7 @@ class Scheduler:
 
     def _welcome_series(self, now: dt.datetime, report: TickReport) -> None:
         """Queue each welcome step's due readers, then send every welcome campaign that runs."""
-        for step in welcome.steps(self.settings):
+        for step in self.series.steps():
             if self.stop.is_set():
                 return
             self._guarded(report, step.slug, partial(self._queue_step, step, now, report))
