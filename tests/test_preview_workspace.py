@@ -113,21 +113,44 @@ def test_a_templates_folder_made_after_the_start_is_watched(project: Path, works
     assert view is not None and view.email is not None and "Online" in view.email.copy.html
 
 
-def test_a_template_that_raises_is_a_line_on_the_page_not_a_traceback(
-    project: Path, workspace: Workspace, caplog: pytest.LogCaptureFixture
+def test_a_template_that_raises_is_a_line_on_the_page_at_its_line(
+    project: Path, workspace: Workspace
 ) -> None:
-    edit(own_template(project, "partials/masthead.mjml.j2"), "View in your browser", "{{ 1 // 0 }}")
+    path = own_template(project, "partials/masthead.mjml.j2")
+    edit(path, "View in your browser", "{{ 1 // 0 }}")
+    line = 1 + next(
+        i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines()) if "1 // 0" in text
+    )
     workspace.poll()
 
     view = workspace.view(Path(FIRST_ISSUE).stem)
 
     assert view is not None and view.email is None and view.status == "1 error"
-    (line,) = view.problems
-    assert (
-        line.text
-        == f"issues/{FIRST_ISSUE}: error: could not be rendered: ZeroDivisionError: integer division or modulo by zero"
+    (problem,) = view.problems
+    assert problem.text == (
+        f"templates/partials/masthead.mjml.j2:{line}: error: "
+        "template failed: ZeroDivisionError: integer division or modulo by zero"
     )
-    assert "Traceback" in caplog.text, "the trace goes to the terminal's log"
+
+
+def test_a_failure_check_does_not_foresee_is_a_line_on_the_page_not_a_traceback(
+    project: Path, workspace: Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A macro that calls itself for ever: a RecursionError, which no check names, still leaves the
+    page a line saying so; the trace goes to the terminal's log."""
+    edit(
+        own_template(project, "partials/masthead.mjml.j2"),
+        "View in your browser",
+        "{% macro again() %}{{ again() }}{% endmacro %}{{ again() }}",
+    )
+    workspace.poll()
+
+    view = workspace.view(Path(FIRST_ISSUE).stem)
+
+    assert view is not None and view.email is None and view.status == "1 error"
+    (problem,) = view.problems
+    assert problem.text.startswith(f"issues/{FIRST_ISSUE}: error: could not be rendered: RecursionError")
+    assert "Traceback" in caplog.text
 
 
 def test_broken_settings_show_in_every_view_until_fixed(project: Path, workspace: Workspace) -> None:
