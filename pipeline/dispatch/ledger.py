@@ -276,7 +276,8 @@ def mark_in_doubt(store: Store, campaign_id: int) -> int:
 
 
 class _ClaimSql(NamedTuple):
-    """A claim's statements, built once per dialect and kind (``timed``: the rows share a ``send_at``),
+    """A claim's statements, built once per dialect and kind (``shared``: None takes every due row; for a
+    provider that schedules delivery, True takes rows sharing one ``send_at``, False rows without one),
     so a claim pays for none of SQLAlchemy's statement building and hits its compiled cache."""
 
     first_due: Select[tuple[dt.datetime | None]]
@@ -288,12 +289,13 @@ class _ClaimSql(NamedTuple):
 
 
 @functools.cache
-def _claim_sql(postgres: bool, timed: bool) -> _ClaimSql:
+def _claim_sql(postgres: bool, shared: bool | None) -> _ClaimSql:
     d, s = deliveries.c, subscribers.c
     due = or_(d.send_at.is_(None), d.send_at <= bindparam("due_by"))
     queued = [d.campaign_id == bindparam("campaign"), d.status == DeliveryStatus.QUEUED, due]
     first_due = select(d.send_at).where(*queued).order_by(d.id).limit(1)
-    queued.append(d.send_at == bindparam("send_at") if timed else d.send_at.is_(None))
+    if shared is not None:
+        queued.append(d.send_at == bindparam("b_send_at") if shared else d.send_at.is_(None))
     pick = (
         select(d.id, d.subscriber_id, d.email, d.name, d.timezone)
         .where(*queued)
@@ -360,14 +362,16 @@ def claim(
     now = now or utcnow()
     params: dict[str, Any] = {"campaign": campaign_id, "due_by": now + (ahead or dt.timedelta(0))}
     send_at = None
+    shared: bool | None = None
     with store.write() as conn:
         postgres = conn.dialect.name == "postgresql"
         if ahead is not None:
-            first = conn.execute(_claim_sql(postgres, False).first_due, params).first()
+            first = conn.execute(_claim_sql(postgres, None).first_due, params).first()
             if first is None:
                 return Claim([], 0)
-            send_at = params["send_at"] = first.send_at
-        sql = _claim_sql(postgres, send_at is not None)
+            send_at = params["b_send_at"] = first.send_at
+            shared = send_at is not None
+        sql = _claim_sql(postgres, shared)
         result = conn.execute(sql.pick, params | {"size": size})
         picked: list[ClaimedRow] = [
             tuple(row) for row in (result if postgres else orjson.loads(result.scalar_one()))
