@@ -21,8 +21,9 @@ from sqlalchemy import bindparam, select, update
 from starlette.testclient import TestClient
 
 from pipeline.audience.enrollment import enrolled_at
+from pipeline.audience.importer import import_csv
 from pipeline.audience.optin import confirm
-from pipeline.audience.subscribers import add_subscriber, erase, unsubscribe
+from pipeline.audience.subscribers import add_subscriber, erase, find_subscriber, unsubscribe
 from pipeline.content.issue import load_issue
 from pipeline.dispatch import campaigns
 from pipeline.dispatch.welcome import overview
@@ -273,6 +274,25 @@ def test_welcome_steps_are_not_in_the_archive_and_take_nothing_from_issues(
     )
 
 
+def test_an_import_with_welcome_enrolls_its_new_active_people_only(store: Store, tmp_path: Path) -> None:
+    """Both bulk paths (executemany on SQLite, COPY on PostgreSQL) write the enrollments."""
+    known = add_subscriber(store, "ann@example.com")
+    csv = tmp_path / "list.csv"
+    csv.write_text("email,status\nann@example.com,\nbo@example.com,\ncy@example.com,unconfirmed\n")
+
+    result = import_csv(store, csv, welcome=True)
+
+    assert (result.added, result.enrolled) == (2, 1)
+    bo, cy = find_subscriber(store, "bo@example.com"), find_subscriber(store, "cy@example.com")
+    assert bo is not None and cy is not None
+    assert enrolled_at(store, bo.id) is not None
+    assert enrolled_at(store, known.id) is None and enrolled_at(store, cy.id) is None
+    csv.write_text("email\ndee@example.com\n")
+    assert import_csv(store, csv).enrolled == 0
+    dee = find_subscriber(store, "dee@example.com")
+    assert dee is not None and enrolled_at(store, dee.id) is None, "without welcome, nobody joins"
+
+
 # -- the commands ----------------------------------------------------------------------------------
 
 
@@ -304,19 +324,23 @@ def test_check_reports_a_wrong_wait_and_fields_of_the_other_kind(
     ]
 
 
-def test_add_enrolls_only_when_asked(run: CliInvoker) -> None:
-    """The `run` fixture imported the sample list (without --welcome): nobody joined."""
+def test_add_and_import_enroll_only_when_asked(run: CliInvoker, operator_shell: Path) -> None:
+    """The `run` fixture imported the sample list without --welcome: nobody joined."""
     run("subscribers", "add", "ann@example.com")
     added = run("subscribers", "add", "bo@example.com", "--welcome")
     refused = run("subscribers", "add", "cy@example.com", "--welcome", "--status", "unconfirmed", expect=1)
+    known = (operator_shell / "subscribers" / "sample.csv").read_text().splitlines()[1].split(",")[0]
+    more = operator_shell / "more.csv"
+    more.write_text(f"email,name\n{known},Known\ndee@example.com,Dee\neve@example.com,Eve\n")
+    imported = run("subscribers", "import", str(more), "--welcome")
 
     assert "in the welcome series" in added.output
     assert "only active people join the welcome series" in refused.output
-    shown = run("welcome")
-    assert [line.split()[0] for line in shown.output.splitlines() if "@example.com" in line] == [
-        "bo@example.com"
-    ]
-    assert "1 joined, 1 still in it" in shown.output
+    assert "2 added" in imported.output and "2 enrolled in the welcome series" in imported.output
+    shown = run("welcome", "--people", "10")
+    emails = [line.split()[0] for line in shown.output.splitlines() if "@example.com" in line]
+    assert emails == ["eve@example.com", "dee@example.com", "bo@example.com"], "the latest to join first"
+    assert "3 joined, 3 still in it" in shown.output
 
 
 def test_run_sends_step_one_and_welcome_shows_who_is_where(run: CliInvoker, operator_shell: Path) -> None:

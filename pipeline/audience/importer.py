@@ -67,6 +67,7 @@ from pipeline.store.tables import (
     subscriber_tags,
     subscribers,
     suppressions,
+    welcome_enrollments,
 )
 
 BATCH_ROWS = 5000
@@ -94,6 +95,7 @@ _PEOPLE = (
 )
 _TAGS = ("subscriber_id", "tag")
 _EVENTS = ("subscriber_id", "at", "kind", "from_status", "to_status", "actor", "detail")
+_ENROLLMENTS = ("subscriber_id", "enrolled_at", "source")
 
 _seen = Table(
     "import_seen",
@@ -113,6 +115,8 @@ class ImportResult:
     unchanged: int = 0
     rejected: int = 0
     suppressed: int = 0
+    enrolled: int = 0
+    """New people enrolled in the welcome series (``welcome``: the active ones among the added)."""
     problems: list[Problem] = field(default_factory=list)
     """The rejected rows (``skip_invalid``), at most MAX_PROBLEMS of them."""
     skipped: list[Problem] = field(default_factory=list)
@@ -143,6 +147,7 @@ class _Options:
     extra_tags: list[str]
     status: str | None
     update: bool
+    welcome: bool
 
 
 def _attributes_json(values: dict[str, str]) -> str:
@@ -285,9 +290,11 @@ class _Writer:
         if not rows:
             return
         stamp, actor, default = self.stamp, self.options.actor, self.options.status or SubscriberStatus.ACTIVE
-        people, tags, events = [], [], []
+        people, tags, events, enrolled = [], [], [], []
         for id_, (row, address_hash) in zip(self.bulk.new_ids(subscribers, len(rows)), rows, strict=True):
             status = row.status or default
+            if self.options.welcome and status == SubscriberStatus.ACTIVE:
+                enrolled.append((id_, stamp, actor))
             attributes = _attributes_json({k: v for k, v in row.attributes.items() if v})
             people.append(
                 (id_, row.email, row.key, address_hash, row.name, status, attributes, row.timezone, actor,
@@ -300,7 +307,9 @@ class _Writer:
         self.bulk.insert(subscribers, _PEOPLE, people)
         self.bulk.insert(subscriber_tags, _TAGS, tags)
         self.bulk.insert(subscriber_events, _EVENTS, events)
+        self.bulk.insert(welcome_enrollments, _ENROLLMENTS, enrolled)
         self.result.added += len(rows)
+        self.result.enrolled += len(enrolled)
 
     def _target_status(self, row: _Row, current: str) -> str:
         """Consent withdrawals always apply; a confirmation only with ``update`` and an explicit status."""
@@ -463,6 +472,7 @@ def import_csv(
     rejects: str | Path | None = None,
     progress: Progress | None = None,
     undeliverable: Undeliverable | None = None,
+    welcome: bool = False,
 ) -> ImportResult:
     """Import subscribers from a CSV file in one transaction; see the module docstring for the rules.
 
@@ -470,6 +480,8 @@ def import_csv(
     (default active). ``update`` refreshes name, tags, attributes and time zone of people already in the
     store. ``rejects`` receives the invalid rows with a ``reason`` column. ``undeliverable`` says which
     addresses the transport in use cannot take; their rows are imported, each with a warning.
+    ``welcome`` enrolls the new people who are active in the welcome series (an import enrolls nobody
+    without it, and never the people already in the store).
     """
     if status is not None and status not in NEW_STATUSES:
         raise AudienceError(f"status: an import adds people as active or unconfirmed, not '{status}'")
@@ -478,7 +490,7 @@ def import_csv(
     except ValueError as exc:
         raise AudienceError(f"--tag: {exc}") from None
     source = CsvSource(Path(path))
-    options = _Options(f"import:{Path(path).name}", extra_tags, status, update)
+    options = _Options(f"import:{Path(path).name}", extra_tags, status, update, welcome)
     result = ImportResult()
     with store.write() as conn, ExitStack() as files:
         rows = source.rows()

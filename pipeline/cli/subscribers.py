@@ -122,6 +122,7 @@ def _print_warnings(warnings: list[Problem]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the invalid rows here, as CSV with a reason column.",
 )
+@click.option("--welcome", is_flag=True, help=WELCOME_HELP)
 @pass_context
 def import_(
     ctx: CliContext,
@@ -131,6 +132,7 @@ def import_(
     update: bool,
     skip_invalid: bool,
     rejects: Path | None,
+    welcome: bool,
 ) -> None:
     """Import people from a CSV FILE (UTF-8, comma or semicolon separated).
 
@@ -139,6 +141,8 @@ def import_(
     row and nothing is imported (every bad row is listed), unless --skip-invalid. Addresses on the
     suppression list and people who left are skipped and counted as suppressed. Addresses the
     configured transport cannot send to (a local part outside ASCII) are imported with a warning.
+    An import enrolls nobody in the welcome series unless --welcome, which enrolls the active people
+    it adds (never those already in the store).
     """
     transport = ctx.settings.delivery.transport
     with _store(ctx) as store, _progress(file.stat().st_size) as progress:
@@ -152,8 +156,11 @@ def import_(
             rejects=rejects,
             progress=progress,
             undeliverable=lambda address: refusal(transport, address),
+            welcome=welcome,
         )
     _print_import(file, result)
+    if welcome:
+        console.print(f"{result.enrolled} enrolled in the welcome series")
 
 
 @subscribers.command("list")
