@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from pipeline.audience.subscribers import event_row, unsubscribe
 from pipeline.cli.context import console
@@ -19,7 +19,8 @@ from pipeline.feedback.reports import FIRST_HOURS, Base, Count, SegmentStats, ca
 from pipeline.feedback.trends import Week, audience_weeks, issue_rates
 from pipeline.settings import Settings
 from pipeline.store.engine import Store, open_store
-from pipeline.store.tables import subscriber_events
+from pipeline.store.statuses import CampaignKind
+from pipeline.store.tables import campaigns, subscriber_events
 from tests.emulators.sendgrid_events import event
 from tests.fixtures.project import cli_invoker
 from tests.report_support import (
@@ -187,6 +188,18 @@ def test_the_click_rate_of_every_issue_each_on_its_own_base(
     ]
     assert [i.click_rate for i in issues] == pytest.approx([5 / 9, 1 / 8])
     assert unsent.id not in {i.campaign_id for i in issues}
+
+
+def test_welcome_steps_are_not_issues_in_the_click_rate_per_issue(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    known = known_campaigns(store, settings, tmp_path)
+    with store.write() as conn:
+        conn.execute(
+            update(campaigns).where(campaigns.c.id == known.second).values(kind=CampaignKind.WELCOME)
+        )
+
+    assert [i.campaign_id for i in issue_rates(store)] == [known.first]
 
 
 def utc(text: str) -> dt.datetime:

@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, Date, cast, func, select
 
 from pipeline.feedback.reports import CLICK, DELIVERED, Base, base_of, rate
 from pipeline.store.engine import Store, utcnow
-from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
+from pipeline.store.statuses import CampaignKind, DeliveryStatus, SubscriberStatus
 from pipeline.store.tables import campaigns, deliveries, delivery_events, subscriber_events
 
 WEEK = dt.timedelta(days=7)
@@ -84,7 +84,8 @@ class Trends:
 
 
 def issue_rates(store: Store) -> list[IssueRate]:
-    """Every campaign with a message sent, oldest first, in three queries whatever their number."""
+    """Every issue's campaign with a message sent, oldest first, in three queries whatever their number
+    (welcome steps are no issues: each stands open for months and would crowd the chart)."""
     c, d, e = campaigns.c, deliveries.c, delivery_events.c
     with store.read() as conn:
         sent = {
@@ -106,7 +107,11 @@ def issue_rates(store: Store) -> list[IssueRate]:
                 delivered[campaign_id] = int(total)
             else:
                 clickers[campaign_id] = int(unique)
-        rows = conn.execute(select(c.id, c.issue_slug, c.subject, c.started_at).order_by(c.id)).all()
+        rows = conn.execute(
+            select(c.id, c.issue_slug, c.subject, c.started_at)
+            .where(c.kind == CampaignKind.ISSUE)
+            .order_by(c.id)
+        ).all()
     return [
         IssueRate(
             row.id,
