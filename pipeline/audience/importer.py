@@ -239,9 +239,9 @@ class _Writer:
         self.now = utcnow()
         self.stamp = self.bulk.value_of(subscribers.c.created_at)(self.now)
         self.json = self.bulk.value_of(subscribers.c.attributes)
+        # What is read of people already known: only what the rules and ``update`` compare (a whole
+        # row costs a datetime parse per timestamp, which made re-importing a list slow).
         self.known = [subscribers.c[name] for name in ("id", "email_key", "status")]
-        """What is read of people already known: only what the rules and ``update`` compare (a whole
-        row costs a datetime parse per timestamp, which made re-importing a list slow)."""
         if options.update:
             self.known += [subscribers.c.name, subscribers.c.timezone, subscribers.c.attributes]
 
@@ -387,7 +387,7 @@ class _Writer:
 @functools.cache
 def _update_of(columns: tuple[str, ...]) -> Update:
     """The UPDATE of these columns of one subscriber (``b_id``), for an executemany."""
-    values = {name: bindparam(name) for name in columns}
+    values: dict[str, Any] = {name: bindparam(name) for name in columns}
     return update(subscribers).where(subscribers.c.id == bindparam("b_id")).values(values)
 
 
