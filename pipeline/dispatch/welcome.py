@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Exists, Select, Subquery, and_, case, exis
 from sqlalchemy.engine import Connection
 
 from pipeline.audience.enrollment import in_series
+from pipeline.content.folder import ChangedFiles
 from pipeline.content.issue import WELCOME_DIR, load_issue
 from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.plan import checked_issue
@@ -51,22 +52,11 @@ class Series:
     every tick."""
 
     def __init__(self, settings: Settings) -> None:
-        self.folder = settings.path(settings.newsletter.issues_dir) / WELCOME_DIR
-        self._cache: dict[Path, tuple[tuple[int, int], Step]] = {}
+        self.files = ChangedFiles(settings.path(settings.newsletter.issues_dir) / WELCOME_DIR, _step)
 
     def steps(self) -> list[Step]:
         """The steps in the order they go out (by ``after``; unreadable ones last)."""
-        found: dict[Path, tuple[tuple[int, int], Step]] = {}
-        for path in sorted(self.folder.glob("*.yaml")):
-            try:
-                info = path.stat()
-            except OSError:  # removed while we looked
-                continue
-            signature = (info.st_mtime_ns, info.st_size)
-            cached = self._cache.get(path)
-            found[path] = cached if cached and cached[0] == signature else (signature, _step(path))
-        self._cache = found
-        return sorted((step for _, step in found.values()), key=_in_order)
+        return sorted(self.files.read(), key=_in_order)
 
 
 def _step(path: Path) -> Step:

@@ -88,7 +88,7 @@ class Scheduler:
         log.info(
             "scheduler %s: issues in %s go out at %s %s; looking every %g s",
             self.lease.holder,
-            self.timetable.folder,
+            self.timetable.files.folder,
             self.config.time,
             schedule_zone(self.settings) if not self.config.per_recipient_timezone else "(each reader's)",
             self.config.tick_seconds,

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.content.folder import ChangedFiles
 from pipeline.content.issue import FILE_NAME, load_issue
 from pipeline.errors import ContentError
 from pipeline.schedule.localtime import due_moment
@@ -36,22 +37,11 @@ class Slot:
 class Timetable:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.folder = settings.path(settings.newsletter.issues_dir)
-        self._cache: dict[Path, tuple[tuple[int, int], Slot | None]] = {}
+        self.files = ChangedFiles(settings.path(settings.newsletter.issues_dir), self._slot)
 
     def slots(self) -> list[Slot]:
         """Every issue file with a date, earliest due first."""
-        found: dict[Path, tuple[tuple[int, int], Slot | None]] = {}
-        for path in sorted(self.folder.glob("*.yaml")):
-            try:
-                info = path.stat()
-            except OSError:  # removed while we looked
-                continue
-            signature = (info.st_mtime_ns, info.st_size)
-            cached = self._cache.get(path)
-            found[path] = cached if cached and cached[0] == signature else (signature, self._slot(path))
-        self._cache = found
-        slots = [slot for _, slot in found.values() if slot is not None]
+        slots = [slot for slot in self.files.read() if slot is not None]
         return sorted(slots, key=lambda s: (s.due_at, s.slug))
 
     def _slot(self, path: Path) -> Slot | None:
