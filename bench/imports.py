@@ -88,6 +88,8 @@ def _ours(source: Path, url: str, code: str | None, *, migrate_only: bool = Fals
     from pipeline.audience.importer import import_csv
     from pipeline.store.engine import connect
 
+    if code is not None and not Path(import_csv.__code__.co_filename).is_relative_to(Path(code).resolve()):
+        raise SystemExit(f"--code {code}: pipeline came from {import_csv.__code__.co_filename} instead")
     figures: Figures = {}
     with connect(url, KEY) as store:
         if migrate_only:
@@ -281,6 +283,8 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.csv, args.url, args.code)
         return
+    if args.code is not None and not (Path(args.code) / "pipeline" / "__init__.py").is_file():
+        parser.error(f"--code {args.code}: no pipeline package there (e.g. `git archive COMMIT pipeline`)")
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-imports-") as name:
         folder = Path(name)
