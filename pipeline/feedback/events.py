@@ -14,9 +14,15 @@ Each event is read on its own and can never fail the post: an id that is not one
 for the store, negative, not a number) is unknown, text loses control characters (PostgreSQL refuses
 NUL) and is cut to its column, and items that are not events are skipped and counted (``ignored``).
 
-Status changes are applied only for events not stored before, and before they are stored: a crash in
-between is healed by SendGrid's retry (the change is idempotent), while a replay of an event already
-stored changes nothing, so it cannot undo a resubscribe that came after it.
+Status changes are applied only for events not stored before, in the order the events came, and
+in the same transaction as the post's events: a crash leaves neither and SendGrid's retry does
+both, while a replay of an event already stored changes nothing, so it cannot undo a resubscribe
+that came after it.
+
+A post is SendGrid's batch of up to a thousand events, and it is stored as one: one lookup of the
+people and campaigns its events name, one ``INSERT … ON CONFLICT DO NOTHING RETURNING`` of its
+events (de-duplication by the unique ``sg_event_id``, whatever else writes at the same time), one
+commit. ``bench/webhook.py`` measures it beside a bare route that only verifies and parses.
 """
 
 from __future__ import annotations
@@ -81,7 +87,10 @@ DERIVED_KEY = "sha256:"
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
 _CONTAINERS = (dict, list)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS_ONLY = bytes(ord("0") if char in b"0123456789" else ord(" ") for char in range(256))
+_LONG_NUMBER = b"0" * 19
+"""A run of 19 digits, found in the post's bytes with every digit made ``0`` (C speed: a regular
+expression takes twenty times as long)."""
 _TOKEN_PATH = re.compile(r"^(https?://[^/?#]+)/(u|preferences|confirm)/[^/?#]+")
 
 
@@ -131,7 +140,7 @@ def load_post(body: bytes) -> list[Any]:
     integer past 64 bits), and whatever it refuses (NaN, lone surrogates, a BOM, UTF-16, deep
     nesting) goes to the standard library, which decides.
     """
-    if _LONG_DIGITS.search(body) is None:
+    if _LONG_NUMBER not in body.translate(_DIGITS_ONLY):
         try:
             items = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -419,10 +428,10 @@ def store_events(
 
     One transaction for the whole post. First the few events about consent, in the order they
     came: those not stored before change the subscriber's status, each through the subscribers
-    library (which alone decides what move is allowed). Then every event is stored in one statement
-    (``INSERT … ON CONFLICT DO NOTHING RETURNING``: what it returns is new, the rest were
-    duplicates), and ledger rows in doubt that the events name are settled. A crash before the
-    commit leaves nothing, and SendGrid's retry does it all.
+    library (which alone decides what move is allowed). Then every event is stored by one
+    ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (on SQLite one per 500 rows): what it returns is
+    new, the rest were duplicates. Last, ledger rows in doubt that the events name are settled. A
+    crash before the commit leaves nothing, and SendGrid's retry does it all.
     """
     result = Recorded()
     events: list[ProviderEvent] = []
