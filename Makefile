@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.startup
 	$(BIN)/python bench/report.py
 	$(BIN)/python -m bench.welcome
+	$(BIN)/python -m bench.clicks
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.imports && $(BIN)/python -m bench.imports --pg
 

@@ -28,3 +28,6 @@ class PersonalFields(NamedTuple):
     email: str
     unsubscribe_url: str
     preferences_url: str
+    click_token: str = ""
+    """The recipient's part of each tracked link (``pipeline.render.clicks``); empty when links are not
+    tracked."""

@@ -428,6 +428,43 @@ class BounceSettings(Section):
     imap: ImapSettings = ImapSettings()
 
 
+class TrackingSettings(Section):
+    clicks: bool = Field(
+        False,
+        description="Links in the HTML go through our own redirect (`/c/…`), which counts each reader's "
+        "clicks; SendGrid's click tracking is then turned off, so a click is never counted twice.",
+    )
+    text_clicks: bool = Field(
+        False, description="With `clicks`, the text part's links are redirects too (else they stay plain)."
+    )
+    opens: bool = Field(
+        False,
+        description="SendGrid adds its open pixel. Off by default: a pixel tells the sender when and where "
+        "someone read the mail, and Apple Mail fetches every pixel, read or not, so opens count machines.",
+    )
+
+
+class SubjectTestSettings(Section):
+    sample_percent: float = Field(
+        10.0,
+        gt=0,
+        le=33,
+        description="Share of the audience each subject of a test goes to first, in per cent.",
+    )
+    min_per_variant: int = Field(
+        500,
+        ge=1,
+        description="Fewest people a subject's sample may have; a smaller test is refused with the numbers.",
+    )
+    wait_hours: float = Field(
+        4.0,
+        gt=0,
+        le=72,
+        description="How long after the campaign starts the samples' clicks are counted before the "
+        "winner goes to everyone else.",
+    )
+
+
 class Settings(Section):
     """The whole settings file. ``root`` is the folder it was read from (not a key in the file)."""
 
@@ -441,6 +478,8 @@ class Settings(Section):
     schedule: ScheduleSettings = ScheduleSettings()
     web: WebSettings = WebSettings()
     bounces: BounceSettings = BounceSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    subject_tests: SubjectTestSettings = SubjectTestSettings()
     root: Path = Field(Path("."), exclude=True)
 
     def path(self, relative: Path) -> Path:

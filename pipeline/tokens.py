@@ -120,20 +120,21 @@ class Signer:
         raw = payload.encode("ascii")
         return f"{_b64(raw)}.{_b64(self._tag(purpose, raw, address))}"
 
-    def sign_pair(self, first: str, second: str, subscriber_id: int, *, address: str) -> tuple[str, str]:
-        """``(sign(first, …), sign(second, …))`` for one id and address, the two links of every message
-        of a send, at two thirds of the cost: the payload is encoded once and both tags in one base64
-        pass (the first padded to 18 bytes, a whole number of base64 groups, so each keeps its own 22
-        characters)."""
+    def sign_links(self, purposes: tuple[str, ...], subscriber_id: int, *, address: str) -> list[str]:
+        """``[sign(purpose, …) for purpose in purposes]`` for one id and address, the links of every
+        message of a send, at about half the cost: the payload is encoded once and all tags in one
+        base64 pass (each but the last padded to 18 bytes, a whole number of base64 groups, so each
+        keeps its own 22 characters)."""
         raw = str(subscriber_id).encode("ascii")
         message = raw + b"\0" + address.encode()
-        one, two = self._state(first).copy(), self._state(second).copy()
-        one.update(message)
-        two.update(message)
-        tags = binascii.b2a_base64(one.digest() + b"\0\0" + two.digest(), newline=False)
-        encoded = tags.translate(_URL_SAFE).decode("ascii")
+        tags = []
+        for purpose in purposes:
+            state = self._state(purpose).copy()
+            state.update(message)
+            tags.append(state.digest())
+        encoded = binascii.b2a_base64(b"\0\0".join(tags), newline=False).translate(_URL_SAFE).decode("ascii")
         prefix = _b64(raw) + "."
-        return prefix + encoded[:22], prefix + encoded[24:46]
+        return [prefix + encoded[start : start + 22] for start in range(0, 24 * len(tags), 24)]
 
     def claimed_id(self, token: str) -> int:
         """The subscriber id ``token`` names, unchecked: whose address to verify it against."""

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.audience.fields import is_control
 from pipeline.audience.exporter import export_subscribers
 from pipeline.audience.importer import BATCH_ROWS, import_csv
 from pipeline.audience.subscribers import erase, get_subscriber, list_subscribers, set_status, subscriber_log
@@ -233,9 +234,11 @@ def test_bad_options_are_refused(store: Store, tmp_path: Path) -> None:
 
 # --- round trip ---------------------------------------------------------------------------------------------
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")), max_size=12).map(
-    str.strip
+# Characters an import takes (it refuses invisible ones, e.g. U+FFFE, which hypothesis found here).
+_char = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")).filter(
+    lambda char: not is_control(char)
 )
+_text = st.text(_char, max_size=12).map(str.strip)
 _person = st.fixed_dictionaries(
     {
         "local": st.from_regex(r"[a-z0-9]{1,8}(\.[a-z0-9+_-]{1,5})?", fullmatch=True),

@@ -54,14 +54,19 @@ def test_an_expiring_token_and_a_return_path_token_signed_before_are_unchanged()
     assert signer.sign_compact("bounce", 99, address="ana@example.com") == "mn6eq35hrudwfh5dkp5f4v4cvz7q"
 
 
-@given(subscriber_id=st.integers(min_value=0, max_value=2**63), address=st.text(max_size=60))
-def test_sign_pair_is_two_signs(subscriber_id: int, address: str) -> None:
+@given(
+    subscriber_id=st.integers(min_value=0, max_value=2**63),
+    address=st.text(max_size=60),
+    purposes=st.lists(
+        st.sampled_from(["unsubscribe", "preferences", "click:1", "click:22"]), min_size=1, max_size=4
+    ),
+)
+def test_signing_links_together_is_signing_each(
+    subscriber_id: int, address: str, purposes: list[str]
+) -> None:
     signer = Signer(KEY)
-    pair = signer.sign_pair("unsubscribe", "preferences", subscriber_id, address=address)
-    assert pair == (
-        signer.sign("unsubscribe", subscriber_id, address=address),
-        signer.sign("preferences", subscriber_id, address=address),
-    )
+    together = signer.sign_links(tuple(purposes), subscriber_id, address=address)
+    assert together == [signer.sign(purpose, subscriber_id, address=address) for purpose in purposes]
 
 
 def test_a_signer_sent_to_a_worker_process_signs_alike() -> None:

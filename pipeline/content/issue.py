@@ -147,6 +147,11 @@ class Issue(Model):
     to the fields of its kind, by where it lies)."""
 
     subject: Line
+    subject_variants: Annotated[
+        list[Line], Field(max_length=2, description="Other subjects to test against `subject`.")
+    ] = []
+    """Other subject lines to test against ``subject`` (``pipeline.dispatch.subjects``): each goes to
+    an equal sample, and the one that gets more readers clicking goes to everyone else."""
     preheader: Line
     date: dt.date | None = None
     after: After | None = None
@@ -241,6 +246,8 @@ MISPLACED: dict[bool, dict[str, str]] = {
     True: {
         "date": "a welcome step has no date: it goes out `after` a wait from each reader's joining",
         "segments": "a welcome step goes to everyone in the welcome series; remove segments",
+        "subject_variants": "a welcome step goes to each reader alone, so no subject test can compare "
+        "it; remove subject_variants",
     },
 }
 """Keys of ``Issue`` that one kind of file must not have (False: an issue; True: a welcome step)."""

@@ -30,7 +30,8 @@ from pipeline.audience.selection import segment_select
 from pipeline.content.issue import WELCOME_DIR
 from pipeline.dispatch import ledger
 from pipeline.errors import DispatchError, StoreError
-from pipeline.render.renderer import RenderedIssue, SplitTemplate
+from pipeline.render import clicks
+from pipeline.render.renderer import RenderedIssue, SplitTemplate, placeholder
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus
 from pipeline.store.tables import campaigns
@@ -104,7 +105,7 @@ class CampaignReport:
         return sum(self.counts.values())
 
 
-_SUMMARY = [c for c in campaigns.c if c.name not in {"html", "text", "web_html"}]
+_SUMMARY = [c for c in campaigns.c if c.name not in {"html", "text", "web_html", "links"}]
 
 
 def segments_key(segments: Iterable[str]) -> str:
@@ -199,6 +200,14 @@ def load_rendered(store: Store, campaign_id: int) -> RenderedIssue:
     )
 
 
+def load_links(store: Store, campaign_id: int) -> tuple[str, ...] | None:
+    """The campaign's links in order (``pipeline.render.clicks``); None for a campaign made before
+    they were kept, or no such campaign."""
+    with store.read() as conn:
+        links = conn.execute(select(campaigns.c.links).where(campaigns.c.id == campaign_id)).scalar()
+    return None if links is None else tuple(links)
+
+
 def create_campaign(
     store: Store,
     rendered: RenderedIssue,
@@ -251,17 +260,15 @@ def create_campaign(
     return existing, False
 
 
-def _placeholder(name: str) -> str:
-    return f"[[nl:{name}]]"
-
-
-def _content(rendered: RenderedIssue) -> dict[str, str | None]:
-    """The columns that keep the issue as rendered (what every copy is made of, and its hash)."""
+def _content(rendered: RenderedIssue, earlier_links: Sequence[str] = ()) -> dict[str, Any]:
+    """The columns that keep the issue as rendered (what every copy is made of, its links after
+    ``earlier_links``, and its hash)."""
     return {
+        "links": clicks.targets(rendered, earlier_links),
         "subject": rendered.subject,
         "preheader": rendered.preheader,
-        "html": rendered.html.with_tags(_placeholder),
-        "text": rendered.text.with_tags(_placeholder),
+        "html": rendered.html.with_tags(placeholder),
+        "text": rendered.text.with_tags(placeholder),
         "web_html": rendered.web,
         "content_hash": content_hash(rendered),
     }
@@ -308,7 +315,9 @@ def standing_campaign(
             on_their_way = ledger.unfinished(ledger.status_counts(conn, campaign.id))
             changed = campaign.content_hash != content_hash(rendered) and not on_their_way
             if changed:
-                conn.execute(update(campaigns).where(c.id == campaign.id).values(**_content(rendered)))
+                earlier = conn.execute(select(c.links).where(c.id == campaign.id)).scalar() or ()
+                content = _content(rendered, earlier)
+                conn.execute(update(campaigns).where(c.id == campaign.id).values(**content))
             added = ledger.append(conn, campaign.id, cohort(campaign.id))
             if added and campaign.status == CampaignStatus.FINISHED:
                 conn.execute(

@@ -43,6 +43,7 @@ from pipeline.dispatch.courier import (
 )
 from pipeline.dispatch.ratelimit import Pace, SharedPace
 from pipeline.errors import DispatchError
+from pipeline.render import clicks
 from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
 from pipeline.settings import Settings
@@ -175,7 +176,7 @@ class Dispatcher:
             report.settled = ledger.settle(
                 self.store, campaign_id, known, f"settled by the {self.transport.name}"
             )
-        rendered = campaigns.load_rendered(self.store, campaign_id)
+        rendered, links = self._content(campaign_id)
         # A full batch may go at once; after that the average rate holds, across every process sending
         # this campaign. Waiting for the pace ends early on a stop signal (it sleeps in the stop's wait).
         pace = self.limiter or SharedPace(
@@ -189,7 +190,7 @@ class Dispatcher:
         earlier = campaigns.same_issue(self.store, campaign)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace, earlier)
         try:
-            with _rare_collections(), self._couriers(rendered) as (submit, limit, cut_short):
+            with _rare_collections(), self._couriers(rendered, links) as (submit, limit, cut_short):
                 run.cut_short_with = cut_short
                 report.end, report.detail = self._loop(run, submit, limit)
                 report.in_flight_at_stop = run.in_flight_at_stop
@@ -199,15 +200,29 @@ class Dispatcher:
         report.elapsed = time.monotonic() - started
         return report
 
+    def _content(self, campaign_id: int) -> tuple[RenderedIssue, Links]:
+        """The campaign's issue as it goes out, and the links each copy gets: with ``tracking.clicks``,
+        its links rewritten to our redirect and a click token for each recipient."""
+        rendered = campaigns.load_rendered(self.store, campaign_id)
+        tracked = campaigns.load_links(self.store, campaign_id) if self.settings.tracking.clicks else None
+        if not tracked:
+            return rendered, self.links
+        base_url = self.settings.newsletter.base_url
+        text = self.settings.tracking.text_clicks
+        rewritten = clicks.track(rendered, campaign_id, tracked, base_url, text=text)
+        return rewritten, self.links.tracking(campaign_id)
+
     @contextmanager
-    def _couriers(self, rendered: RenderedIssue) -> Iterator[tuple[Submit, int, Callable[[], None]]]:
+    def _couriers(
+        self, rendered: RenderedIssue, links: Links
+    ) -> Iterator[tuple[Submit, int, Callable[[], None]]]:
         """Where jobs go, how many may be out at once (the transport's concurrency on threads of this
         process, or one per worker process with ``processes`` > 1), and how to cut them short: the
         transport's interrupt on threads; for workers, whose transports this process cannot reach,
         killing them. Leaving waits for all of them."""
         if self.processes > 1:
             transport = self.transport.name
-            with worker_pool(self.processes, self.settings, transport, self.links, rendered) as processes:
+            with worker_pool(self.processes, self.settings, transport, links, rendered) as processes:
                 # Workers take a second or more to start: claim nothing before they can send it.
                 wait_until_started(processes, self.processes)
                 yield (
@@ -216,7 +231,7 @@ class Dispatcher:
                     partial(_kill, processes),
                 )
             return
-        courier = Courier(self.settings, self.transport, self.links, rendered)
+        courier = Courier(self.settings, self.transport, links, rendered)
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
             yield (
                 (lambda job: threads.submit(courier.deliver, job)),

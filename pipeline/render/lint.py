@@ -156,6 +156,15 @@ def _is_absolute_link(link: str) -> bool:
     return parts.scheme == "mailto" or (parts.scheme in {"http", "https"} and bool(parts.netloc))
 
 
+def _subject_problems(subject: str, path: YamlPath, locator: _Locator) -> list[Problem]:
+    if len(subject) > SUBJECT_MAX:
+        return [locator.problem(path, f"{len(subject)} characters; at most {SUBJECT_MAX}")]
+    if len(subject) > SUBJECT_WARN:
+        message = f"{len(subject)} characters; phones cut it after about {SUBJECT_WARN}"
+        return [locator.problem(path, message, Severity.WARNING)]
+    return []
+
+
 def lint_rendered(
     issue_file: IssueFile,
     copy: PersonalisedMessage,
@@ -165,19 +174,14 @@ def lint_rendered(
 ) -> list[Problem]:
     """Everything a subscriber's copy must satisfy, with the field to fix where one is to blame."""
     issue = issue_file.issue
-    problems: list[Problem] = []
-    if len(issue.subject) > SUBJECT_MAX:
-        problems.append(
-            locator.problem(("subject",), f"{len(issue.subject)} characters; at most {SUBJECT_MAX}")
-        )
-    elif len(issue.subject) > SUBJECT_WARN:
-        problems.append(
-            locator.problem(
-                ("subject",),
-                f"{len(issue.subject)} characters; phones cut it after about {SUBJECT_WARN}",
-                Severity.WARNING,
-            )
-        )
+    problems = _subject_problems(issue.subject, ("subject",), locator)
+    seen = {issue.subject.casefold()}
+    for index, variant in enumerate(issue.subject_variants):
+        path: YamlPath = ("subject_variants", index)
+        problems += _subject_problems(variant, path, locator)
+        if variant.casefold() in seen:
+            problems.append(locator.problem(path, "the same subject twice: a test needs different ones"))
+        seen.add(variant.casefold())
     if not PREHEADER_MIN <= len(issue.preheader) <= PREHEADER_MAX:
         problems.append(
             locator.problem(

@@ -237,12 +237,7 @@ class MessageTemplate:
         extra_headers: dict[str, str] | None = None,
     ) -> bytes:
         """The complete message for one recipient, CRLF line ends, ready for SMTP or a .eml file."""
-        values = {
-            "first_name": fields.first_name,
-            "email": fields.email,
-            "unsubscribe_url": fields.unsubscribe_url,
-            "preferences_url": fields.preferences_url,
-        }
+        values = fields._asdict()
         personal = {
             "Date": format_datetime(date or datetime.now(UTC)),
             "Message-ID": message_id,

@@ -92,6 +92,13 @@ class RenderedIssue:
     web: str | None = None
     """The issue's content as its archive page shows it (``WEB_CONTENT``: no greeting, no footer for
     one reader); None for a mail that is no issue, and for an issue loaded back to be sent."""
+    subject_variants: tuple[str, ...] = ()
+    """Other subjects to test against ``subject`` (the issue's ``subject_variants``)."""
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """Every subject of the issue: ``subject`` first, then those it is tested against."""
+        return (self.subject, *self.subject_variants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +169,18 @@ def environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
+def placeholder(name: str) -> str:
+    """Where a recipient's value ``name`` goes in rendered text."""
+    return f"[[nl:{name}]]"
+
+
 def _context(settings: Settings, **specific: Any) -> dict[str, Any]:
     """What every template sees (the newsletter, the sender, the colours, placeholders for the
     recipient's own values), plus what this one mail adds (``issue``, links…)."""
     return {
         "newsletter": settings.newsletter,
         "sender": settings.sender,
-        "recipient": {name: Markup(f"[[nl:{name}]]") for name in PERSONAL_FIELDS},
+        "recipient": {name: Markup(placeholder(name)) for name in PERSONAL_FIELDS},
         "colors": LIGHT,
         "dark": DARK,
         "preview_spacer": _PREVIEW_SPACER,
@@ -228,7 +240,7 @@ class Renderer:
             template, issue_file.slug, issue.subject, issue.preheader, context, issue_file.path
         )
         web = _render_template(self.env, WEB_CONTENT, context, issue_file.path)
-        return dataclasses.replace(rendered, web=web)
+        return dataclasses.replace(rendered, web=web, subject_variants=tuple(issue.subject_variants))
 
     def mjml(self, issue_file: IssueFile) -> str:
         """The issue's MJML before it is compiled: what another MJML engine (the JavaScript CLI that
@@ -286,11 +298,6 @@ def _tidy_text(text: str) -> str:
 
 def personalise(rendered: RenderedIssue, fields: PersonalFields) -> PersonalisedMessage:
     """One recipient's copy: the rendered issue with their few values substituted (HTML-escaped in HTML)."""
-    raw = {
-        "first_name": fields.first_name,
-        "email": fields.email,
-        "unsubscribe_url": fields.unsubscribe_url,
-        "preferences_url": fields.preferences_url,
-    }
+    raw = fields._asdict()
     escaped = {name: html.escape(value) for name, value in raw.items()}
     return PersonalisedMessage(rendered.subject, rendered.html.fill(escaped), rendered.text.fill(raw))

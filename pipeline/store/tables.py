@@ -34,6 +34,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -173,6 +174,14 @@ campaigns = Table(
     Column("paced_until", UtcDateTime()),
     # A dated issue, or a welcome step (slug welcome/NN-slug, no segments, rows added as readers' days come).
     Column("kind", String(16), nullable=False, server_default=CampaignKind.ISSUE.value),
+    # The web links of the HTML in order, each once: a tracked link names its place in this list, and
+    # the redirect goes to the URL there and nowhere else. A link keeps its place for good; NULL before
+    # revision 0009 (such a campaign's links are never tracked).
+    Column("links", json_type()),
+    # A subject test (``pipeline.dispatch.subjects``, revision 0010): the subjects in order, NULL for a
+    # campaign with one; and the place of the one everyone outside the samples gets, once chosen.
+    Column("subjects", json_type()),
+    Column("winner", SmallInteger()),
     CheckConstraint(one_of("status", CampaignStatus), "status"),
     CheckConstraint(one_of("kind", CampaignKind), "kind"),
     Index(None, "issue_slug", "segments", unique=True),
@@ -195,6 +204,9 @@ deliveries = Table(
     Column("claimed_at", UtcDateTime()),
     Column("message_id", String(255)),
     Column("error", String(1000)),
+    # The place in campaigns.subjects of the subject this row's sample gets; -1: the row waits for the
+    # test's winner; NULL: the campaign tests no subjects.
+    Column("variant", SmallInteger()),
     CheckConstraint(one_of("status", DeliveryStatus), "status"),
     Index(None, "campaign_id", "subscriber_id", unique=True),
     Index(None, "campaign_id", "status", "id"),

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -30,9 +30,11 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from pipeline.errors import SettingsError
+from pipeline.render import clicks
 from pipeline.render.addresses import AddressError, ascii_address
+from pipeline.render.clicks import CLICK_FIELD
 from pipeline.render.message import display_name, list_unsubscribe, static_list_headers
-from pipeline.render.renderer import PERSONAL_FIELDS
+from pipeline.render.renderer import PERSONAL_FIELDS, RenderedIssue
 from pipeline.settings import SendGridSettings, Settings, secret
 from pipeline.transports.base import Batch, Envelope, Outcome, TransportStats, all_outcomes
 
@@ -76,7 +78,7 @@ class _Body:
         return self.payload  # orjson writes UTF-8
 
 
-URL_FIELDS = frozenset({"unsubscribe_url", "preferences_url"})
+URL_FIELDS = frozenset({"unsubscribe_url", "preferences_url", CLICK_FIELD})
 PLAIN_FIELDS = frozenset(PERSONAL_FIELDS) - URL_FIELDS
 _HTML_SPECIAL = "&<>\"'"
 """What ``html.escape`` changes."""
@@ -92,6 +94,9 @@ def html_tag(name: str) -> str:
 
 TEXT_KEYS = tuple(f'"{text_tag(name)}":"' for name in PERSONAL_FIELDS)
 """The text tags in ``PersonalFields`` order as the start of JSON members, each up to its value's text."""
+UNTRACKED = PERSONAL_FIELDS.index(CLICK_FIELD)
+"""How many of the fields (the first ones) a copy without tracked links carries: the click token is
+last, and goes only where links are tracked."""
 _CONTROL_BYTES = bytes(range(0x20))
 """What a JSON string must escape besides ``"`` and ``\\`` (orjson writes all else as UTF-8)."""
 
@@ -195,7 +200,7 @@ class SendGridTransport:
         self._urls_html_safe = html.escape(base) == base
         prefix, _, suffix = list_unsubscribe(settings, "\0").partition("\0")
         self._list_unsubscribe = (prefix, suffix)
-        self._templates: dict[tuple[tuple[int, ...], int | None], str] = {}
+        self._templates: dict[tuple[int, tuple[int, ...], int | None], str] = {}
         """The List-Unsubscribe value before and after its URL (the mailto address, if set)."""
 
     def _client(self) -> SendGridAPIClient:
@@ -226,7 +231,11 @@ class SendGridTransport:
         return urls if any(char in values for char in _HTML_SPECIAL) else urls | PLAIN_FIELDS
 
     def _personalizations(
-        self, envelopes: list[Envelope], shared_tags: frozenset[str], send_at: int | None
+        self,
+        envelopes: list[Envelope],
+        shared_tags: frozenset[str],
+        rendered: RenderedIssue,
+        send_at: int | None,
     ) -> str:
         """Every personalization of a request as JSON text, written straight from the values into one
         %-template: a thousand small dicts built only to be serialised cost more than all the rest.
@@ -234,14 +243,17 @@ class SendGridTransport:
         Values go between quotes as they are when none in the batch holds what JSON escapes (``"``,
         ``\\``, control characters), which is nearly always; otherwise each is escaped as orjson does.
         """
-        escaped = [i for i, name in enumerate(PERSONAL_FIELDS) if name not in shared_tags]
-        template = self._template_for(tuple(escaped), send_at)
+        sent = len(PERSONAL_FIELDS) if clicks.tracked(rendered) else UNTRACKED
+        escaped = [i for i, name in enumerate(PERSONAL_FIELDS[:sent]) if name not in shared_tags]
+        template = self._template_for(sent, tuple(escaped), send_at)
         verbatim = self._verbatim(envelopes)
         parts = []
         for delivery_id, recipient, fields in envelopes:
             email = recipient.email if recipient.email.isascii() else ascii_address(recipient.email) or ""
             name = _display_name(recipient.name)
-            values = [*fields, *(html.escape(fields[i]) for i in escaped)] if escaped else fields
+            values: Sequence[str] = fields[:sent]
+            if escaped:
+                values = [*values, *(html.escape(fields[i]) for i in escaped)]
             url = fields.unsubscribe_url
             if not verbatim:
                 email, name, url = _json_inner(email), name and _json_inner(name), _json_inner(url)
@@ -250,16 +262,18 @@ class SendGridTransport:
             parts.append(template % (email, member, *values, recipient.subscriber_id, delivery_id, url))
         return ",".join(parts)
 
-    def _template_for(self, escaped: tuple[int, ...], send_at: int | None) -> str:
-        """A personalization with ``%s`` for: address, name member, the substitution values (the
-        ``escaped`` fields again at the end, HTML-escaped), subscriber id, delivery id, unsubscribe URL."""
-        template = self._templates.get((escaped, send_at))
+    def _template_for(self, sent: int, escaped: tuple[int, ...], send_at: int | None) -> str:
+        """A personalization with ``%s`` for: address, name member, the first ``sent`` substitution
+        values (the ``escaped`` fields again at the end, HTML-escaped), subscriber id, delivery id,
+        unsubscribe URL."""
+        key = (sent, escaped, send_at)
+        template = self._templates.get(key)
         if template is None:
-            template = self._templates[escaped, send_at] = self._new_template(escaped, send_at)
+            template = self._templates[key] = self._new_template(sent, escaped, send_at)
         return template
 
-    def _new_template(self, escaped: tuple[int, ...], send_at: int | None) -> str:
-        keys = TEXT_KEYS + tuple(f'"{html_tag(PERSONAL_FIELDS[i])}":"' for i in escaped)
+    def _new_template(self, sent: int, escaped: tuple[int, ...], send_at: int | None) -> str:
+        keys = TEXT_KEYS[:sent] + tuple(f'"{html_tag(PERSONAL_FIELDS[i])}":"' for i in escaped)
         substitutions = '",'.join(key.replace("%", "%%") + "%s" for key in keys)
         prefix, suffix = (_json_inner(part).replace("%", "%%") for part in self._list_unsubscribe)
         more = "" if send_at is None else f',"send_at":{int(send_at)}'
@@ -294,14 +308,23 @@ class SendGridTransport:
             body["categories"] = list(self.config.categories)
         if batch.campaign_id is not None:
             body["custom_args"] = {"campaign_id": str(batch.campaign_id)}
+        body["tracking_settings"] = self._tracking(batch.rendered)
         return body
+
+    def _tracking(self, rendered: RenderedIssue) -> dict[str, Any]:
+        """SendGrid's open pixel only when ``tracking.opens`` asks for it; and where our redirect counts
+        the clicks, none of SendGrid's: its redirect around ours would count each click twice."""
+        tracking: dict[str, Any] = {"open_tracking": {"enable": self.settings.tracking.opens}}
+        if clicks.tracked(rendered):
+            tracking["click_tracking"] = {"enable": False, "enable_text": False}
+        return tracking
 
     def request_payload(self, batch: Batch, envelopes: list[Envelope]) -> bytes:
         """The request body for ``envelopes`` as the bytes that go over the wire: the shared part
         serialised by orjson, the personalizations spliced in as text."""
         shared_tags = self._shared_tags(envelopes)
         head = orjson.dumps(self._shared(batch, shared_tags))
-        personalizations = self._personalizations(envelopes, shared_tags, batch.send_at)
+        personalizations = self._personalizations(envelopes, shared_tags, batch.rendered, batch.send_at)
         return b"".join((head[:-1], b',"personalizations":[', personalizations.encode(), b"]}"))
 
     def send(self, batch: Batch) -> list[Outcome]:

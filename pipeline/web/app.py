@@ -7,6 +7,7 @@ Routes (each area in its own module):
     GET  /subscribe              signup form               POST              form or JSON (OPTIONS: CORS)
     GET  /confirm/{token}        double opt-in: a button   POST              confirms
     POST /webhooks/sendgrid      signed Event Webhook
+    GET  /c/{campaign.token}/{n} a tracked link: 302 to the campaign's n-th link, the click recorded
     GET  /archive/, /archive/{slug}, /archive/feed.xml     issues that went out, and their feed
     GET  /admin/reports, /admin/reports/{id}               the reports, behind the operator's password
     GET  /site.css               the pages' one stylesheet;  GET /  → /subscribe;  GET /favicon.ico
@@ -38,7 +39,7 @@ from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.transports import open_transport
 from pipeline.transports.base import Transport
-from pipeline.web import admin, archive, preferences, signup, unsubscribe, webhook
+from pipeline.web import admin, archive, clicks, preferences, signup, unsubscribe, webhook
 from pipeline.web.accesslog import hide_tokens
 from pipeline.web.context import WebContext, Worker, web, web_of
 from pipeline.web.pages import Pages
@@ -120,6 +121,7 @@ def create_app(
         clock=clock,
         origins=Origins(settings.newsletter.base_url, settings.web.allowed_origins),
         jobs=Worker(),
+        clicks=clicks.ClickLog(),
     )
     if context.verifier is None:
         log.warning("web.webhook_public_key is not set: SendGrid webhook posts will be refused")
@@ -132,6 +134,7 @@ def create_app(
         *preferences.routes,
         *signup.routes,
         *webhook.routes,
+        *clicks.routes,
         *archive.routes,
         *admin.routes(settings, clock),
     ]

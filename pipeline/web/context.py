@@ -8,7 +8,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +23,9 @@ from pipeline.transports.base import Transport
 from pipeline.web.pages import Pages
 from pipeline.web.security import FormGuard, Origins, SlidingWindow
 from pipeline.web.signature import SignatureVerifier
+
+if TYPE_CHECKING:
+    from pipeline.web.clicks import ClickLog
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ class WebContext:
     transport: Callable[[], Transport]
     """Opens the transport confirmations go through (``delivery.transport`` unless a test says otherwise)."""
     clock: Callable[[], float]
+    clicks: ClickLog
+    """The campaigns' tracked links, and the clicks on them waiting to be stored (on ``jobs``)."""
 
     def verify(self, purpose: str, token: str) -> int | None:
         """The subscriber id a link's token was signed for, or None if we did not sign it (or it expired)."""

@@ -43,6 +43,12 @@ _DOMAIN_ASCII = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 _DOMAIN_FORBIDDEN = frozenset(" <>()[]\\,;:\"@!#$%&'*+/=?^_`{|}~")
 _RECIPIENT_TOPICS = {kind: f"personalizations.{kind}" for kind in ("to", "cc", "bcc")}
 _CONTENT_RANK = {"text/plain": 0, "text/html": 1}
+_TRACKING_SWITCHES = {
+    "click_tracking": {"enable", "enable_text"},
+    "open_tracking": {"enable"},
+    "subscription_tracking": {"enable"},
+    "ganalytics": {"enable"},
+}
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 
@@ -104,10 +110,30 @@ class _MailValidator:
         self._reply_to(body.get("reply_to"), body.get("reply_to_list"))
         self._string_map(body.get("headers"), "", "headers")
         self._send_at(body.get("send_at"), "")
+        self._tracking_settings(body.get("tracking_settings"))
         template_id = body.get("template_id")
         if template_id is not None and not isinstance(template_id, str):
             self.add("template_id", _type_message("string", template_id), "template_id")
         return self.errors
+
+    def _tracking_settings(self, settings: object) -> None:
+        """``tracking_settings``: an object of known settings, each an object whose switches are booleans."""
+        if settings is None:
+            return
+        if not isinstance(settings, dict):
+            self.add("tracking_settings", _type_message("object", settings), "tracking_settings")
+            return
+        for name, setting in settings.items():
+            where = f"tracking_settings.{name}"
+            if name not in _TRACKING_SWITCHES:
+                self.add(where, "Additional property is not allowed.", "tracking_settings")
+            elif not isinstance(setting, dict):
+                self.add(where, _type_message("object", setting), "tracking_settings")
+            else:
+                for switch in _TRACKING_SWITCHES[name] & setting.keys():
+                    if not isinstance(setting[switch], bool):
+                        message = _type_message("boolean", setting[switch])
+                        self.add(f"{where}.{switch}", message, "tracking_settings")
 
     def _personalizations(self, body: dict[str, Any]) -> None:
         items = body.get("personalizations")
