@@ -79,7 +79,7 @@ def sent_campaign(store: Store, settings: Settings, folder: Path, count: int) ->
     run = ledger.start_run(store, campaign.id)
     claim = ledger.claim(store, campaign.id, run, count)
     reports, outcomes = [], []
-    for index, (delivery_id, subscriber_id, email, name, timezone) in enumerate(claim.rows):
+    for index, (delivery_id, subscriber_id, email, name, timezone, _variant) in enumerate(claim.rows):
         recipient = Recipient(subscriber_id, email, name, timezone)
         message_id = template.message_id()
         message = template.build(recipient, links.personal_fields(recipient), message_id=message_id)

@@ -629,7 +629,7 @@ def breakdown(settings: Settings) -> dict[str, float]:
             if not claimed.rows:
                 break
             job = Job(campaign.id, batch_id, claimed.rows, None)
-            envelopes = courier.envelopes(job)
+            envelopes = courier.envelopes(job.rows)
             building = time.thread_time()
             steps[sign] += building - signing
             batch = courier.batch(job, envelopes)

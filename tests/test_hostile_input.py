@@ -175,7 +175,7 @@ def test_20_levels_of_nesting_still_load_as_yaml(project: Path) -> None:
     assert errors_of(check(project, path)) == [f"{path}:8:1: error: extra: unknown key 'extra'" + _ALLOWED]
 
 
-_ALLOWED = "; allowed: subject, preheader, date, intro, hero, strategy, story, next_steps, resources, segments, template"
+_ALLOWED = "; allowed: subject, subject_variants, preheader, date, intro, hero, strategy, story, next_steps, resources, segments, template"
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(project: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.audience.fields import is_control
 from pipeline.audience.exporter import export_subscribers
+from pipeline.audience.fields import is_control
 from pipeline.audience.importer import BATCH_ROWS, import_csv
 from pipeline.audience.subscribers import erase, get_subscriber, list_subscribers, set_status, subscriber_log
 from pipeline.errors import AudienceError, ImportRejected

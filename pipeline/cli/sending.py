@@ -17,7 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from pipeline.cli.context import CliContext, console, console_err, pass_context, shown, stop_on_signals
-from pipeline.dispatch import campaigns, dispatcher, single
+from pipeline.dispatch import campaigns, dispatcher, single, subjects
 from pipeline.dispatch.campaigns import Campaign, CampaignReport
 from pipeline.dispatch.dispatcher import RunEnd, RunReport
 from pipeline.dispatch.plan import plan_send, start_campaign
@@ -89,6 +89,32 @@ def exit_if_in_doubt(report: CampaignReport) -> None:
         raise SystemExit(1)
 
 
+def print_test_plan(test: subjects.SubjectTest, audience: int, settings: Settings) -> None:
+    """What a new campaign's subject test will do, before the operator says yes."""
+    size = subjects.sample_size(test, audience)
+    console.print(
+        f"Subject test: {len(test.subjects)} subjects, {size:,} people each (a random "
+        f"{test.share:.0%}); after {settings.subject_tests.wait_hours:g} h the one more readers click "
+        f"goes to the other {audience - size * len(test.subjects):,}:"
+    )
+    for place, subject in enumerate(test.subjects):
+        console.print(f"  {place + 1}. {subject}")
+
+
+def _print_test(store: Store, run: RunReport) -> None:
+    """Where the campaign's subject test stands after this run, if it has one."""
+    campaign = run.campaign
+    if run.verdict is not None:
+        console.print(f"  subject test: {run.verdict.summary()}")
+    elif campaign.subjects and campaign.winner is None:
+        due = subjects.rest_due(store, campaign.id)
+        when = f"from {due:%Y-%m-%d %H:%M} UTC" if due else "once the samples are sent"
+        console.print(
+            f"  subject test: the samples are out; the winner goes to the rest {when} "
+            "(`newsletter run` sends it, or this command again)"
+        )
+
+
 def print_report(settings: Settings, store: Store, run: RunReport) -> CampaignReport:
     """The end-of-run summary: what this run did, where the campaign stands, what needs a decision."""
     campaign = run.campaign
@@ -101,6 +127,7 @@ def print_report(settings: Settings, store: Store, run: RunReport) -> CampaignRe
     if run.settled:
         console.print(f"  {run.settled:,} recipient(s) in doubt settled by the {campaign.transport}")
     console.print(f"  campaign: {_counts_line(report.counts)} of {report.total:,} recipients")
+    _print_test(store, run)
     if run.stopped:
         after = (
             f" after the {run.in_flight_at_stop} batch(es) already in flight, which are recorded"
@@ -163,7 +190,8 @@ def send(
             if outcome.status != "sent":
                 raise SystemExit(1)
             return
-        plan = plan_send(store, settings, issue, links, segments)
+        chosen = transport or settings.delivery.transport
+        plan = plan_send(store, settings, issue, links, segments, transport=chosen)
         console.print(f"[bold]{plan.issue_file.issue.subject}[/] ({plan.issue_file.slug})")
         table = Table("segment", "recipients")
         for name, count in plan.counts.items():
@@ -172,6 +200,8 @@ def send(
         if plan.already:
             table.add_row("  of whom already sent this issue (skipped)", f"{plan.already:,}")
         console.print(table)
+        if plan.test:
+            print_test_plan(plan.test, plan.total - plan.already, settings)
         if plan.campaign:
             console.print(
                 f"Campaign #{plan.campaign.id} already exists ({plan.campaign.status}): sending resumes it."
@@ -197,7 +227,6 @@ def send(
                 "Nobody to send to in these segments: no campaign started (import subscribers first?)."
             )
             raise SystemExit(1)
-        chosen = transport or settings.delivery.transport
         open_transport(settings, chosen).close()  # a transport that cannot open freezes nothing
         if not yes and not click.confirm(
             f"Send to {plan.total - plan.already:,} recipients through {chosen}?", default=False

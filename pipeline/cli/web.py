@@ -12,6 +12,7 @@ from rich.table import Table
 from pipeline.cli.context import CliContext, console, pass_context
 
 if TYPE_CHECKING:
+    from pipeline.dispatch.subjects import Verdict
     from pipeline.feedback.reports import CampaignStats, Count
 
 
@@ -53,6 +54,36 @@ def _count(count: Count) -> str:
 
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _print_test(verdict: Verdict, chosen: int | None) -> None:
+    table = Table(
+        "subject",
+        "sample",
+        "sent",
+        "clicked",
+        "click rate",
+        "95 % interval",
+        title="Subject test",
+        title_justify="left",
+        caption="clicked: unique readers of the sample; the interval is Wilson's",
+    )
+    for variant in verdict.variants:
+        low, high = variant.interval()
+        mark = " [bold](winner)[/]" if chosen == variant.place and verdict.significant else ""
+        table.add_row(
+            f"{variant.subject}{mark}",
+            f"{variant.sample:,}",
+            f"{variant.sent:,}",
+            f"{variant.clickers:,}",
+            f"{variant.rate:.1%}",
+            f"{low:.1%} to {high:.1%}",
+        )
+    console.print(table)
+    if chosen is None:
+        console.print(f"  not decided yet; as it stands: {verdict.summary()}")
+    else:
+        console.print(f"  {verdict.summary()}")
 
 
 def _print_table(stats: CampaignStats) -> None:
@@ -128,6 +159,8 @@ def report(ctx: CliContext, campaign_id: int, top: int, html_file: Path | None) 
 
             page = ReportPage(ctx.settings).campaign(stats, trends(store))
     _print_table(stats)
+    if stats.test is not None:
+        _print_test(stats.test, stats.campaign.winner)
     if stats.links:
         links = Table("clicks", "people", "click rate", "link", title="Top links", title_justify="left")
         for link in stats.links:

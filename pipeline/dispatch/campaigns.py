@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.audience.selection import segment_select
 from pipeline.content.issue import WELCOME_DIR
-from pipeline.dispatch import ledger
+from pipeline.dispatch import ledger, subjects
 from pipeline.errors import DispatchError, StoreError
 from pipeline.render import clicks
 from pipeline.render.renderer import RenderedIssue, SplitTemplate, placeholder
@@ -64,6 +64,10 @@ class Campaign:
     finished_at: dt.datetime | None
     send_after: dt.datetime | None
     kind: CampaignKind = CampaignKind.ISSUE
+    subjects: tuple[str, ...] = ()
+    """The subjects it tests (``pipeline.dispatch.subjects``); empty without a test."""
+    winner: int | None = None
+    """The place in ``subjects`` of the one the rest get, once chosen."""
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Campaign:
@@ -81,6 +85,8 @@ class Campaign:
             finished_at=row["finished_at"],
             send_after=row["send_after"],
             kind=CampaignKind(row["kind"]),
+            subjects=tuple(row["subjects"] or ()),
+            winner=row["winner"],
         )
 
 
@@ -217,12 +223,14 @@ def create_campaign(
     status: CampaignStatus = CampaignStatus.RUNNING,
     send_after: dt.datetime | None = None,
     prepare: Callable[[Connection, int], object] | None = None,
+    test: subjects.SubjectTest | None = None,
 ) -> tuple[Campaign, bool]:
     """The campaign for (issue, segments): created with its audience frozen, or the existing one.
 
     Returns ``(campaign, created)``. Creating it and freezing its audience (one ledger row per
     recipient, by ``INSERT … SELECT``) is one transaction: a crash leaves either both or neither.
-    ``prepare(conn, campaign_id)`` runs in that transaction too (per-recipient send times).
+    ``prepare(conn, campaign_id)`` runs in that transaction too (per-recipient send times), and so
+    does the sampling of a subject ``test`` (which refuses, and so creates nothing, if too small).
     """
     if rendered.slug.startswith(f"{WELCOME_DIR}/"):
         raise DispatchError(
@@ -250,6 +258,8 @@ def create_campaign(
             ledger.freeze(conn, campaign_id, audience, _same_issue(conn, rendered.slug, campaign_id))
             if prepare is not None:
                 prepare(conn, campaign_id)
+            if test is not None:
+                subjects.assign(conn, campaign_id, test, max(send_after or now, now))
             return _get(conn, campaign_id), True
     except StoreError as exc:
         if not isinstance(exc.__cause__, IntegrityError):

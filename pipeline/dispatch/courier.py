@@ -15,12 +15,14 @@ the dispatcher's children, so nothing else would tell them.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
@@ -50,30 +52,57 @@ class Job(NamedTuple):
 
 
 class Courier:
+    """Sends claims of one campaign; ``variants`` maps a row's ``variant`` to its subject (a subject
+    test's samples, and the rest once the winner is known)."""
+
     def __init__(
-        self, settings: Settings, transport: Transport, links: Links, rendered: RenderedIssue
+        self,
+        settings: Settings,
+        transport: Transport,
+        links: Links,
+        rendered: RenderedIssue,
+        variants: Mapping[int, str] | None = None,
     ) -> None:
         self.transport = transport
         self.links = links
         self.rendered = rendered
         self.message = MessageTemplate(settings, rendered)
+        self.variants = {
+            variant: (
+                issue := dataclasses.replace(rendered, subject=subject),
+                MessageTemplate(settings, issue),
+            )
+            for variant, subject in (variants or {}).items()
+        }
+        """Each variant's issue and message template, built once."""
 
     def deliver(self, job: Job) -> list[Outcome]:
-        """Personalise the claimed rows and hand them to the transport as one batch."""
-        return self.transport.send(self.batch(job, self.envelopes(job)))
+        """Personalise the claimed rows and hand them to the transport: one batch, or one for each
+        subject of a test's rows in the claim."""
+        if not self.variants:
+            return self.transport.send(self.batch(job, self.envelopes(job.rows)))
+        groups: dict[int | None, list[ClaimedRow]] = {}
+        for row in job.rows:
+            groups.setdefault(row[5], []).append(row)
+        outcomes = []
+        for variant, rows in groups.items():
+            outcomes += self.transport.send(self.batch(job, self.envelopes(rows), variant))
+        return outcomes
 
-    def envelopes(self, job: Job) -> list[Envelope]:
-        """Each claimed row with its personal fields (two signed links): the per-recipient work."""
+    def envelopes(self, rows: list[ClaimedRow]) -> list[Envelope]:
+        """Each claimed row with its personal fields (signed links): the per-recipient work."""
         personal_fields = self.links.personal_fields
         envelopes = []
-        for delivery_id, subscriber_id, email, name, timezone in job.rows:
+        for delivery_id, subscriber_id, email, name, timezone, _variant in rows:
             recipient = Recipient(subscriber_id, email, name, timezone)
             envelopes.append(Envelope(delivery_id, recipient, personal_fields(recipient)))
         return envelopes
 
-    def batch(self, job: Job, envelopes: list[Envelope]) -> Batch:
-        message = self.message.for_campaign(job.campaign_id)  # with its Feedback-ID
-        return Batch(job.campaign_id, self.rendered, message, envelopes, job.send_at)
+    def batch(self, job: Job, envelopes: list[Envelope], variant: int | None = None) -> Batch:
+        # Rows waiting for a test's winner have no subject here, and are never claimed before it.
+        rendered, message = self.variants.get(variant, (self.rendered, self.message))  # type: ignore[arg-type]
+        with_id = message.for_campaign(job.campaign_id)  # with its Feedback-ID
+        return Batch(job.campaign_id, rendered, with_id, envelopes, job.send_at)
 
 
 _courier: Courier | None = None
@@ -84,7 +113,12 @@ ORPHAN_CHECK_SECONDS = 0.5
 
 
 def worker_pool(
-    processes: int, settings: Settings, transport_name: str, links: Links, rendered: RenderedIssue
+    processes: int,
+    settings: Settings,
+    transport_name: str,
+    links: Links,
+    rendered: RenderedIssue,
+    variants: Mapping[int, str],
 ) -> ProcessPoolExecutor:
     """``processes`` workers, each with its own transport, opened from the settings and the secrets in
     this process's environment *now*: the forkserver outlives a pool and keeps the environment it was
@@ -97,7 +131,7 @@ def worker_pool(
         processes,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(settings, transport_name, links, rendered, secrets, os.getpid()),
+        initargs=(settings, transport_name, links, rendered, dict(variants), secrets, os.getpid()),
     )
 
 
@@ -118,6 +152,7 @@ def _start_worker(
     transport_name: str,
     links: Links,
     rendered: RenderedIssue,
+    variants: dict[int, str],
     secrets: dict[str, str | None],
     dispatcher_pid: int,
 ) -> None:
@@ -130,7 +165,7 @@ def _start_worker(
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    _courier = Courier(settings, open_transport(settings, transport_name), links, rendered)
+    _courier = Courier(settings, open_transport(settings, transport_name), links, rendered, variants)
     threading.Thread(target=_exit_after, args=(dispatcher_pid,), name="orphan-watch", daemon=True).start()
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 
-from pipeline.dispatch import campaigns, ledger
+from pipeline.dispatch import campaigns, ledger, subjects
 from pipeline.dispatch.courier import (
     GC_THRESHOLD,
     Courier,
@@ -85,6 +85,8 @@ class RunReport:
     in_flight_at_stop: int = 0
     """Batches already handed over when a stop (pause, cancel, signal…) was seen: they still went out."""
     elapsed: float = 0.0
+    verdict: subjects.Verdict | None = None
+    """The campaign's subject test, when this run chose its winner."""
 
     @property
     def stopped(self) -> bool:
@@ -176,7 +178,10 @@ class Dispatcher:
             report.settled = ledger.settle(
                 self.store, campaign_id, known, f"settled by the {self.transport.name}"
             )
+        report.verdict = subjects.decide(self.store, campaign_id, self.now())
+        campaign = campaigns.get_campaign(self.store, campaign_id) if report.verdict else campaign
         rendered, links = self._content(campaign_id)
+        variants = _variants(campaign)
         # A full batch may go at once; after that the average rate holds, across every process sending
         # this campaign. Waiting for the pace ends early on a stop signal (it sleeps in the stop's wait).
         pace = self.limiter or SharedPace(
@@ -189,8 +194,10 @@ class Dispatcher:
         )
         earlier = campaigns.same_issue(self.store, campaign)
         run = _Run(campaign_id, ledger.start_run(self.store, campaign_id), report.counts, pace, earlier)
+        run.rest = not campaign.subjects or campaign.winner is not None
         try:
-            with _rare_collections(), self._couriers(rendered, links) as (submit, limit, cut_short):
+            couriers = self._couriers(rendered, links, variants)
+            with _rare_collections(), couriers as (submit, limit, cut_short):
                 run.cut_short_with = cut_short
                 report.end, report.detail = self._loop(run, submit, limit)
                 report.in_flight_at_stop = run.in_flight_at_stop
@@ -214,7 +221,7 @@ class Dispatcher:
 
     @contextmanager
     def _couriers(
-        self, rendered: RenderedIssue, links: Links
+        self, rendered: RenderedIssue, links: Links, variants: dict[int, str]
     ) -> Iterator[tuple[Submit, int, Callable[[], None]]]:
         """Where jobs go, how many may be out at once (the transport's concurrency on threads of this
         process, or one per worker process with ``processes`` > 1), and how to cut them short: the
@@ -222,7 +229,9 @@ class Dispatcher:
         killing them. Leaving waits for all of them."""
         if self.processes > 1:
             transport = self.transport.name
-            with worker_pool(self.processes, self.settings, transport, links, rendered) as processes:
+            with worker_pool(
+                self.processes, self.settings, transport, links, rendered, variants
+            ) as processes:
                 # Workers take a second or more to start: claim nothing before they can send it.
                 wait_until_started(processes, self.processes)
                 yield (
@@ -231,7 +240,7 @@ class Dispatcher:
                     partial(_kill, processes),
                 )
             return
-        courier = Courier(self.settings, self.transport, links, rendered)
+        courier = Courier(self.settings, self.transport, links, rendered, variants)
         with ThreadPoolExecutor(self.transport.concurrency, thread_name_prefix="send") as threads:
             yield (
                 (lambda job: threads.submit(courier.deliver, job)),
@@ -345,6 +354,7 @@ class Dispatcher:
                 batch_id=batch_id,
                 ahead=self.transport.send_ahead,
                 earlier=run.earlier,
+                rest=run.rest,
             )
             if claim.skipped:
                 run.counts[DeliveryStatus.SKIPPED] += claim.skipped
@@ -361,6 +371,15 @@ class Dispatcher:
     def _progress(self, run: _Run) -> None:
         if self.on_progress:
             self.on_progress(run.counts)
+
+
+def _variants(campaign: campaigns.Campaign) -> dict[int, str]:
+    """The subject of each ``deliveries.variant`` of a campaign's test: each sample's, and the
+    winner's for the rest once it is chosen; empty without a test."""
+    variants = dict(enumerate(campaign.subjects))
+    if campaign.subjects and campaign.winner is not None:
+        variants[subjects.REST] = campaign.subjects[campaign.winner]
+    return variants
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
@@ -397,6 +416,8 @@ class _Run:
     pace: Pace
     earlier: list[int]
     """The other campaigns of the same issue: whoever they reach is skipped here."""
+    rest: bool = True
+    """Whether rows waiting for a subject test's winner may be claimed (it is chosen)."""
     batches: Iterator[int] = field(default_factory=itertools.count)
     in_flight: dict[Future[list[Outcome]], str] = field(default_factory=dict)
     """Batches handed to the couriers and not yet recorded, with their batch ids."""

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
+    Boolean,
     Select,
     String,
     Subquery,
@@ -54,9 +55,10 @@ STALE_AFTER = dt.timedelta(minutes=5)
 """A run that has not beaten its heart for this long is taken for dead (on another machine)."""
 
 
-ClaimedRow = tuple[int, int, str, str | None, str | None]
-"""(delivery id, subscriber id, email, name, time zone) of a claimed row: a plain tuple, as the database
-hands it over and as it crosses to a worker process (pickling a plain tuple is ten times cheaper)."""
+ClaimedRow = tuple[int, int, str, str | None, str | None, int | None]
+"""(delivery id, subscriber id, email, name, time zone, subject variant) of a claimed row: a plain
+tuple, as the database hands it over and as it crosses to a worker process (pickling a plain tuple is
+ten times cheaper)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +294,14 @@ class _ClaimSql(NamedTuple):
 def _claim_sql(postgres: bool, shared: bool | None) -> _ClaimSql:
     d, s = deliveries.c, subscribers.c
     due = or_(d.send_at.is_(None), d.send_at <= bindparam("due_by"))
-    queued = [d.campaign_id == bindparam("campaign"), d.status == DeliveryStatus.QUEUED, due]
+    # A subject test's rest (variant -1) waits for its winner, even for a provider that schedules ahead.
+    chosen = or_(d.variant.is_(None), d.variant >= 0, bindparam("rest", type_=Boolean))
+    queued = [d.campaign_id == bindparam("campaign"), d.status == DeliveryStatus.QUEUED, due, chosen]
     first_due = select(d.send_at).where(*queued).order_by(d.id).limit(1)
     if shared is not None:
         queued.append(d.send_at == bindparam("b_send_at") if shared else d.send_at.is_(None))
     pick = (
-        select(d.id, d.subscriber_id, d.email, d.name, d.timezone)
+        select(d.id, d.subscriber_id, d.email, d.name, d.timezone, d.variant)
         .where(*queued)
         .order_by(d.id)
         .limit(bindparam("size"))
@@ -351,16 +355,22 @@ def claim(
     batch_id: str | None = None,
     ahead: dt.timedelta | None = None,
     earlier: list[int] | None = None,
+    rest: bool = True,
 ) -> Claim:
     """Take up to ``size`` queued rows that are due; skip the ones no longer allowed; mark the rest sending.
 
     With ``ahead`` (a provider that schedules delivery itself), rows due up to that much later are
     taken too, and a claim holds only rows sharing one ``send_at``, so one request carries one time.
     Rows of people whom another campaign of the same issue (``earlier``) reached meanwhile are skipped.
+    Without ``rest``, rows waiting for a subject test's winner are left (it is not known yet).
     The rows are read (and on PostgreSQL locked) once, then marked; nothing else can change them between.
     """
     now = now or utcnow()
-    params: dict[str, Any] = {"campaign": campaign_id, "due_by": now + (ahead or dt.timedelta(0))}
+    params: dict[str, Any] = {
+        "campaign": campaign_id,
+        "due_by": now + (ahead or dt.timedelta(0)),
+        "rest": rest,
+    }
     send_at = None
     shared: bool | None = None
     with store.write() as conn:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.audience import selection
 from pipeline.content.issue import IssueFile
-from pipeline.dispatch import campaigns
+from pipeline.dispatch import campaigns, subjects
 from pipeline.errors import ContentError, DispatchError, Severity
 from pipeline.render.links import Links
 from pipeline.render.lint import check_issue
@@ -30,6 +30,8 @@ class SendPlan:
     """The campaign this issue and these segments already have, which sending resumes."""
     already: int = 0
     """Of ``total``, people another campaign of this issue already reached: a new campaign skips them."""
+    test: subjects.SubjectTest | None = None
+    """The subject test a new campaign would run (checked against ``total``: it can)."""
 
 
 def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFile, RenderedIssue]:
@@ -42,8 +44,16 @@ def checked_issue(path: Path, settings: Settings, links: Links) -> tuple[IssueFi
 
 
 def plan_send(
-    store: Store, settings: Settings, path: Path, links: Links, segments: tuple[str, ...] = ()
+    store: Store,
+    settings: Settings,
+    path: Path,
+    links: Links,
+    segments: tuple[str, ...] = (),
+    *,
+    transport: str | None = None,
 ) -> SendPlan:
+    """What sending the issue at ``path`` to ``segments`` through ``transport`` (default
+    ``delivery.transport``) would do; ``DispatchError`` if its subject test cannot run."""
     issue_file, rendered = checked_issue(path, settings, links)
     if issue_file.welcome:
         raise DispatchError(
@@ -55,11 +65,28 @@ def plan_send(
     existing = campaigns.find_campaign(store, issue_file.slug, chosen)
     already = 0 if existing else campaigns.already_reached(store, issue_file.slug, chosen)
     total = selection.count(store, list(chosen))
-    return SendPlan(issue_file, rendered, chosen, counts, total, existing, already)
+    via = transport or settings.delivery.transport
+    test = None if existing else subject_test(settings, rendered, via, total - already)
+    return SendPlan(issue_file, rendered, chosen, counts, total, existing, already, test)
+
+
+def subject_test(
+    settings: Settings, rendered: RenderedIssue, transport: str, audience: int
+) -> subjects.SubjectTest | None:
+    """The issue's subject test for a campaign of ``audience`` people; ``DispatchError`` with the
+    numbers if it cannot run (the campaign's creation checks again against its exact ledger)."""
+    test = subjects.planned_test(rendered, settings, transport)
+    why_not = None if test is None else subjects.refusal(test, audience)
+    if why_not is not None:
+        raise DispatchError(f"{rendered.slug}: {why_not}")
+    return test
 
 
 def start_campaign(store: Store, send_plan: SendPlan, transport: str) -> tuple[campaigns.Campaign, bool]:
-    """The plan's campaign: the existing one, or a new one with its audience frozen now."""
+    """The plan's campaign (planned for ``transport``): the existing one, or a new one with its
+    audience frozen now."""
     if send_plan.campaign is not None:
         return send_plan.campaign, False
-    return campaigns.create_campaign(store, send_plan.rendered, send_plan.segments, transport)
+    return campaigns.create_campaign(
+        store, send_plan.rendered, send_plan.segments, transport, test=send_plan.test
+    )

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, distinct, exists, func, select, true
 from sqlalchemy.orm import aliased
 
 from pipeline.audience.segments import Segment, resolve
-from pipeline.dispatch import campaigns
+from pipeline.dispatch import campaigns, subjects
 from pipeline.errors import AudienceError
 from pipeline.store.engine import Store
 from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
@@ -103,6 +103,8 @@ class CampaignStats:
     hourly: tuple[int, ...]
     """People whose first click came in each hour after the campaign started (``FIRST_HOURS`` of
     them; all zero before it started)."""
+    test: subjects.Verdict | None = None
+    """The campaign's subject test as it stands; None without one."""
 
     @property
     def whole(self) -> SegmentStats:
@@ -243,4 +245,5 @@ def campaign_stats(store: Store, campaign_id: int, *, top: int = 10) -> Campaign
         missing,
         base_of(rows[-1].delivered),
         first_clicks_by_hour(store, campaign_id, campaign.started_at),
+        subjects.verdict(store, campaign_id),
     )

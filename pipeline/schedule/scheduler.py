@@ -29,10 +29,11 @@ from functools import partial
 
 import schedule
 
+from pipeline.audience import selection
 from pipeline.clock import Clock, SystemClock
 from pipeline.dispatch import campaigns, welcome
 from pipeline.dispatch.dispatcher import RunEnd, RunReport, run_campaign
-from pipeline.dispatch.plan import checked_issue
+from pipeline.dispatch.plan import checked_issue, subject_test
 from pipeline.errors import DispatchError, PipelineError
 from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
@@ -240,6 +241,9 @@ class Scheduler:
         # Checked before deciding: an issue with errors stays undecided, so a fix within the
         # catch-up window still goes out.
         rendered = None if existing else checked_issue(slot.path, self.settings, self.links)[1]
+        if rendered is not None:  # a subject test too small for the audience is refused undecided too
+            audience = selection.count(self.store, list(slot.segments))
+            subject_test(self.settings, rendered, self.settings.delivery.transport, audience)
         self._open(self.settings.delivery.transport).close()  # nothing is decided for a dead transport
         if decisions.decide(self.store, slot.slug, slot.due_at, "started", now):
             campaign = self._campaign(slot, rendered)
@@ -255,13 +259,16 @@ class Scheduler:
             prepare = None
             if self.config.per_recipient_timezone:
                 prepare = partial(fill_send_times, day=slot.day, settings=self.settings)
+            transport = self.settings.delivery.transport
+            audience = selection.count(self.store, list(slot.segments))
             existing, _ = campaigns.create_campaign(
                 self.store,
                 rendered,
                 slot.segments,
-                self.settings.delivery.transport,
+                transport,
                 send_after=slot.due_at,
                 prepare=prepare,
+                test=subject_test(self.settings, rendered, transport, audience),
             )
             how = "started"
         else:
