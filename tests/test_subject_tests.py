@@ -28,6 +28,8 @@ from pipeline.store.tables import campaigns as campaigns_table
 from pipeline.transports.sendgrid import SendGridTransport
 from tests.emulators.sendgrid import AcceptedMessage, SendGridEmulator
 from tests.emulators.sendgrid_events import event
+from tests.fixtures.project import CliInvoker
+from tests.mail import outbox_files, parse_message
 from tests.test_transport_sendgrid import API_KEY
 from tests.transport_helpers import ISSUE, dispatcher
 from tests.web_support import readers
@@ -204,9 +206,17 @@ def test_five_thousand_readers_get_one_subject_each_and_the_rest_the_winners(
     assert note and ("won" if verdict.significant else "no subject won") in html.unescape(note[1])
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_the_rest_waits_until_the_samples_are_all_sent(
-    project: Path, settings: Settings, store: Store, tmp_path: Path
+    project: Path,
+    settings: Settings,
+    store: Store,
+    tmp_path: Path,
+    processes: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also with worker processes, which get each subject when they start."""
+    monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
     readers(store, tmp_path, 5000)
     with SendGridEmulator(api_key=API_KEY) as emulator:
         sending = sendgrid_settings(settings, emulator)
@@ -216,17 +226,21 @@ def test_the_rest_waits_until_the_samples_are_all_sent(
 
         def send() -> subjects.Verdict | None:
             transport = SendGridTransport(sending, API_KEY)
-            return dispatcher(store, sending, transport, now=lambda: later).run(campaign.id).verdict
+            run = dispatcher(store, sending, transport, now=lambda: later, processes=processes)
+            return run.run(campaign.id).verdict
 
         # Past the wait, but no sample has gone: the run sends the samples (three subjects of 10 %
         # each) and decides nothing; the next one decides and sends the other 3,500.
         assert subjects.decide(store, campaign.id, later) is None
         assert send() is None
-        assert len(subject_by_address(emulator.messages)) == 1500
+        samples = subject_by_address(emulator.messages)
+        assert Counter(subject for _, subject in samples) == {FIRST: 500, SECOND: 500, THIRD: 500}
         verdict = send()
         assert verdict is not None and verdict.rest == 3500
         assert not verdict.significant and verdict.winner == 0  # no clicks at all: nobody won
-        assert len(subject_by_address(emulator.messages)) == 5000
+        everybody = subject_by_address(emulator.messages)
+    assert len(everybody) == 5000 and max(everybody.values()) == 1
+    assert Counter(subject for _, subject in everybody) == {FIRST: 4000, SECOND: 500, THIRD: 500}
 
 
 @pytest.mark.parametrize(
@@ -237,3 +251,39 @@ def test_the_confidence_interval_is_wilsons(successes: int, trials: int, low: fl
     # The bounds solve (p̂ - p)² = z² p (1 - p) / n, found here by bisection to four places.
     lower, upper = subjects.wilson(successes, trials)
     assert lower == pytest.approx(low, abs=5e-4) and upper == pytest.approx(high, abs=5e-4)
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+def test_send_refuses_a_small_test_and_shows_a_large_one_then_report_shows_it_undecided(
+    run: CliInvoker, project: Path
+) -> None:
+    path = issue_with(project, SECOND).relative_to(project)
+    unmeasured = run("send", str(path), "--dry-run", expect=1)
+    assert "picks its winner by clicks, and through outbox none are counted" in unmeasured.output
+    settings_file = project / "settings.toml"
+    settings_file.write_text(settings_file.read_text().replace("clicks = false", "clicks = true", 1))
+    small = run("send", str(path), "--dry-run", expect=1)
+    assert "needs at least 500 people per subject: 10% of 50 is 5" in small.output
+
+    rows = "".join(f"reader{i:04d}@example.com,Reader {i},\n" for i in range(5000))
+    (project / "many.csv").write_text("email,name,tags\n" + rows)
+    run("subscribers", "import", "many.csv")
+    plan = run("send", str(path), "--dry-run")
+    assert "Subject test: 2 subjects, 505 people each (a random 10%)" in plan.output
+    assert f"1. {FIRST}" in plan.output and f"2. {SECOND}" in plan.output
+    assert "goes to the other 4,040" in plan.output
+
+    sent = run("send", str(path), "--yes")
+    assert "1,010 sent" in sent.output
+    assert "subject test: the samples are out; the winner goes to the rest from" in sent.output
+    assert len(outbox_files(project / "outbox")) == 1010
+    subjects_sent = Counter(
+        parse_message(p.read_bytes())["Subject"] for p in outbox_files(project / "outbox")
+    )
+    assert subjects_sent == {FIRST: 505, SECOND: 505}
+
+    report = run("report", "1")
+    assert "Subject test" in report.output and "not decided yet" in report.output
+    assert "Apple Mail Privacy Protection" in report.output

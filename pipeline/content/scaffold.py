@@ -20,6 +20,9 @@ SKELETON = """\
 
 # The inbox subject line: specific and kind; at most 60 characters shows in full on a phone.
 subject: {subject}
+# Optional: one or two other subjects to test; the one more readers click goes to most of the list.
+# subject_variants:
+#   - "Another way to say it"
 # The grey preview line after the subject (40-140 characters): add to the subject, don't repeat it.
 preheader: {preheader}
 # The day this issue is sent (the scheduler sends it then, at the configured time).
