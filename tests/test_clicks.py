@@ -27,7 +27,7 @@ from pipeline.transports.sendgrid import SendGridTransport
 from pipeline.web import create_app
 from pipeline.web.accesslog import HideTokens, token_prefixes
 from pipeline.web.context import web_of
-from tests.emulators.sendgrid import SendGridEmulator
+from tests.emulators.sendgrid import AcceptedMessage, SendGridEmulator
 from tests.emulators.sendgrid_events import event
 from tests.mail import outbox_messages
 from tests.report_support import subscriber_id
@@ -152,16 +152,26 @@ def test_untracked_settings_send_the_links_as_they_are(
     assert load_links(store, campaign.id)  # kept all the same: tracking may be turned on later
 
 
+def through_sendgrid(
+    store: Store, settings: Settings, tmp_path: Path, count: int
+) -> tuple[int, AcceptedMessage]:
+    """A campaign of the first sample to ``count`` readers, sent through the SendGrid emulator: its
+    id and the one request the emulator accepted."""
+    readers(store, tmp_path, count)
+    campaign = new_campaign(store, settings)
+    with SendGridEmulator(api_key=API_KEY) as emulator:
+        config = settings.sendgrid.model_copy(update={"host": emulator.url})
+        sending = settings.model_copy(update={"sendgrid": config})
+        dispatcher(store, sending, SendGridTransport(sending, API_KEY)).run(campaign.id)
+        (message,) = emulator.messages
+    assert message.raw is not None
+    return campaign.id, message
+
+
 def test_sendgrid_gets_the_token_as_a_substitution_and_its_own_click_tracking_off(
     store: Store, tracked_settings: Settings, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 4)
-    campaign = new_campaign(store, tracked_settings)
-    with SendGridEmulator(api_key=API_KEY) as emulator:
-        config = tracked_settings.sendgrid.model_copy(update={"host": emulator.url})
-        sending = tracked_settings.model_copy(update={"sendgrid": config})
-        dispatcher(store, sending, SendGridTransport(sending, API_KEY)).run(campaign.id)
-        (message,) = emulator.messages
+    campaign_id, message = through_sendgrid(store, tracked_settings, tmp_path, 4)
     assert message.raw is not None
     assert message.raw["tracking_settings"]["click_tracking"] == {"enable": False, "enable_text": False}
     assert message.raw["tracking_settings"]["open_tracking"] == {"enable": False}
@@ -171,19 +181,13 @@ def test_sendgrid_gets_the_token_as_a_substitution_and_its_own_click_tracking_of
         (sid,) = {int(personalization["custom_args"]["subscriber_id"])}
         token = redirects(page, base)[0].split("/")[-2].partition(".")[2]
         email = personalization["to"][0]["email"]
-        assert store.signer.verify(click_purpose(campaign.id), token, address=email) == sid
+        assert store.signer.verify(click_purpose(campaign_id), token, address=email) == sid
 
 
 def test_sendgrid_without_tracking_sends_no_click_token(
     store: Store, settings: Settings, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 2)
-    campaign = new_campaign(store, settings)
-    with SendGridEmulator(api_key=API_KEY) as emulator:
-        config = settings.sendgrid.model_copy(update={"host": emulator.url})
-        sending = settings.model_copy(update={"sendgrid": config})
-        dispatcher(store, sending, SendGridTransport(sending, API_KEY)).run(campaign.id)
-        (message,) = emulator.messages
+    _, message = through_sendgrid(store, settings, tmp_path, 2)
     assert message.raw is not None
     assert "click_tracking" not in message.raw["tracking_settings"]
     assert all(not any("click_token" in key for key in p["substitutions"]) for p in message.personalizations)
