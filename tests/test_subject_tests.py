@@ -29,7 +29,9 @@ from pipeline.transports.sendgrid import SendGridTransport
 from tests.emulators.sendgrid import AcceptedMessage, SendGridEmulator
 from tests.emulators.sendgrid_events import event
 from tests.fixtures.project import CliInvoker
-from tests.mail import outbox_files, parse_message
+from tests.mail import delivered, outbox_files, parse_message
+from tests.scheduling import ManualClock, at_seven, issues_dir, scheduler, tuned, write_issue
+from tests.test_clicks import tracking
 from tests.test_transport_sendgrid import API_KEY
 from tests.transport_helpers import ISSUE, dispatcher
 from tests.web_support import readers
@@ -284,6 +286,41 @@ def test_send_refuses_a_small_test_and_shows_a_large_one_then_report_shows_it_un
     )
     assert subjects_sent == {FIRST: 505, SECOND: 505}
 
+    shown = run("campaigns", "show", "1")
+    assert f"subject test: 1. {FIRST}; 2. {SECOND}; the winner goes to the rest from" in shown.output
     report = run("report", "1")
     assert "Subject test" in report.output and "not decided yet" in report.output
     assert "Apple Mail Privacy Protection" in report.output
+
+
+def test_the_scheduler_sends_the_samples_on_the_day_and_the_rest_after_the_wait(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    emails = readers(store, tmp_path, 5000)
+    weekly = tuned(
+        tracking(settings), weekday="tuesday", time="07:00", timezone="America/New_York", catch_up_hours=12
+    )
+    weekly = weekly.model_copy(update={"delivery": weekly.delivery.model_copy(update={"batch_size": 500})})
+    issues_dir(weekly)
+    day = dt.date(2027, 1, 5)
+    slug = write_issue(weekly, day, subject_variants=f'["{SECOND}"]')
+    clock = ManualClock(at_seven(day))
+    sched = scheduler(store, weekly, clock)
+
+    first = sched.tick()
+    assert [(o.slug, o.action) for o in first.outcomes] == [(slug, "started"), (slug, "sent")]
+    assert first.outcomes[1].run is not None and first.outcomes[1].run.counts == {"sent": 1000}
+    clock.advance(dt.timedelta(hours=2))
+    (waiting,) = sched.tick().outcomes  # the rest waits for its time: no run at all
+    assert waiting.action == "waiting" and waiting.run is None
+    assert waiting.detail == "subject test: the winner goes to the rest from Tue 2027-01-05 11:00 EST"
+
+    clock.advance(dt.timedelta(hours=2, minutes=1))
+    later = sched.tick()
+    (outcome,) = later.outcomes
+    assert outcome.run is not None and outcome.run.counts == {"sent": 4000}
+    assert outcome.run.verdict is not None and not outcome.run.verdict.significant
+    assert delivered(weekly) == Counter({(slug, email): 1 for email in emails})
+    folder = weekly.path(weekly.delivery.outbox_dir)
+    subjects_sent = Counter(parse_message(p.read_bytes())["Subject"] for p in outbox_files(folder))
+    assert subjects_sent == {FIRST: 4500, SECOND: 500}

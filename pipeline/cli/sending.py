@@ -276,8 +276,19 @@ def show(ctx: CliContext, campaign_id: int) -> None:
     """Counts of one campaign by ledger status, and its errors grouped by reason."""
     with open_store(ctx.settings) as store:
         report = campaigns.report(store, campaign_id)
+        due = subjects.rest_due(store, campaign_id) if report.campaign.subjects else None
     c = report.campaign
     console.print(f"Campaign #{c.id}: [bold]{c.subject}[/] ({c.issue_slug})")
+    if c.subjects:
+        chosen = (
+            f"the rest got subject {c.winner + 1}"
+            if c.winner is not None
+            else f"the winner goes to the rest from {due:%Y-%m-%d %H:%M} UTC"
+            if due
+            else "the winner is chosen once the samples are sent"
+        )
+        listed = "; ".join(f"{place + 1}. {subject}" for place, subject in enumerate(c.subjects))
+        console.print(f"  subject test: {listed}; {chosen} (`newsletter report {c.id}` has the numbers)")
     console.print(
         f"  segments: {', '.join(c.segments)} · transport: {c.transport} · status: [bold]{c.status}[/]"
         + (f" ({c.status_reason})" if c.status_reason else "")

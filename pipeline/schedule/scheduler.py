@@ -31,7 +31,7 @@ import schedule
 
 from pipeline.audience import selection
 from pipeline.clock import Clock, SystemClock
-from pipeline.dispatch import campaigns, welcome
+from pipeline.dispatch import campaigns, subjects, welcome
 from pipeline.dispatch.dispatcher import RunEnd, RunReport, run_campaign
 from pipeline.dispatch.plan import checked_issue, subject_test
 from pipeline.errors import DispatchError, PipelineError
@@ -311,7 +311,13 @@ class Scheduler:
             now=self.clock.now,
         )
         if run.end is RunEnd.WAITING:
-            report.outcomes.append(IssueOutcome(slug, "waiting", "rows not yet due", campaign.id))
+            detail = "rows not yet due"
+            if campaign.subjects and campaign.winner is None:
+                due = subjects.rest_due(self.store, campaign.id)
+                detail = (
+                    f"subject test: the winner goes to the rest from {self._local(due)}" if due else detail
+                )
+            report.outcomes.append(IssueOutcome(slug, "waiting", detail, campaign.id))
             return
         self._log_run(slug, campaign, run, verb)
         report.outcomes.append(IssueOutcome(slug, "sent", run.campaign.status, campaign.id, run))
