@@ -152,9 +152,11 @@ def test_letter_case_never_makes_a_second_person(store: Store) -> None:
 
 
 _local = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,10}(\.[A-Za-z0-9_+-]{1,8}){0,2}", fullmatch=True)
+# No "--" in a label of our own: IDNA reserves it in the third and fourth place (hypothesis found
+# "A0--0.com", which every validator refuses).
 _domain = st.from_regex(
     r"[A-Za-z][A-Za-z0-9-]{0,10}[A-Za-z0-9]\.(com|org|DE|co\.uk|xn--p1ai)", fullmatch=True
-)
+).filter(lambda domain: "--" not in domain.partition(".")[0])
 _unicode_local = st.text(st.sampled_from("abcÄöüéçøñΩжπ用户"), min_size=1, max_size=8)
 
 
