@@ -124,20 +124,28 @@ def first_tracked_link(message: EmailMessage, base_url: str) -> str:
     return link
 
 
+def through_outbox(
+    store: Store, settings: Settings, tmp_path: Path, count: int
+) -> tuple[int, list[EmailMessage]]:
+    """A campaign of the first sample sent to ``count`` readers through the outbox: its id and messages."""
+    readers(store, tmp_path, count)
+    campaign = new_campaign(store, settings)
+    send_everything(store, settings, campaign.id)
+    messages = outbox_messages(settings)
+    assert len(messages) == count
+    return campaign.id, messages
+
+
 def test_every_copy_carries_its_readers_token_and_the_text_stays_plain(
     store: Store, tracked_settings: Settings, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 3)
-    campaign = new_campaign(store, tracked_settings)
-    send_everything(store, tracked_settings, campaign.id)
+    campaign_id, messages = through_outbox(store, tracked_settings, tmp_path, 3)
     base = tracked_settings.newsletter.base_url
-    messages = outbox_messages(tracked_settings)
-    assert len(messages) == 3
     tokens = set()
     for message in messages:
         found = redirects(html_of(message), base)
         assert found
-        token = {re.match(rf"{re.escape(base)}/c/{campaign.id}\.([^/]+)/\d+$", url)[1] for url in found}  # type: ignore[index]
+        token = {re.match(rf"{re.escape(base)}/c/{campaign_id}\.([^/]+)/\d+$", url)[1] for url in found}  # type: ignore[index]
         assert len(token) == 1  # one reader, one token in every link
         tokens |= token
         assert "/c/" not in text_of(message)
@@ -147,12 +155,9 @@ def test_every_copy_carries_its_readers_token_and_the_text_stays_plain(
 def test_untracked_settings_send_the_links_as_they_are(
     store: Store, settings: Settings, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 2)
-    campaign = new_campaign(store, settings)
-    send_everything(store, settings, campaign.id)
-    (message, _) = outbox_messages(settings)
+    campaign_id, (message, _) = through_outbox(store, settings, tmp_path, 2)
     assert not redirects(html_of(message), settings.newsletter.base_url)
-    assert load_links(store, campaign.id)  # kept all the same: tracking may be turned on later
+    assert load_links(store, campaign_id)  # kept all the same: tracking may be turned on later
 
 
 def through_sendgrid(
@@ -212,16 +217,13 @@ class SentLink(NamedTuple):
 @pytest.fixture
 def sent_link(store: Store, tracked_settings: Settings, tmp_path: Path) -> SentLink:
     """A tracked campaign sent to two readers, and the first tracked link of one of them."""
-    readers(store, tmp_path, 2)
-    campaign = new_campaign(store, tracked_settings)
-    send_everything(store, tracked_settings, campaign.id)
+    campaign_id, (message, _) = through_outbox(store, tracked_settings, tmp_path, 2)
     base = tracked_settings.newsletter.base_url
-    message = outbox_messages(tracked_settings)[0]
     link = first_tracked_link(message, base)
-    links = load_links(store, campaign.id)
+    links = load_links(store, campaign_id)
     assert links is not None
     return SentLink(
-        campaign.id,
+        campaign_id,
         link.removeprefix(base),
         links[int(link.rsplit("/", 1)[1])],
         message["To"].addresses[0].addr_spec,
