@@ -67,7 +67,7 @@ class Courier:
         self.links = links
         self.rendered = rendered
         self.message = MessageTemplate(settings, rendered)
-        self.variants = {
+        self.variants: dict[int | None, tuple[RenderedIssue, MessageTemplate]] = {
             variant: (
                 issue := dataclasses.replace(rendered, subject=subject),
                 MessageTemplate(settings, issue),
@@ -100,7 +100,7 @@ class Courier:
 
     def batch(self, job: Job, envelopes: list[Envelope], variant: int | None = None) -> Batch:
         # Rows waiting for a test's winner have no subject here, and are never claimed before it.
-        rendered, message = self.variants.get(variant, (self.rendered, self.message))  # type: ignore[arg-type]
+        rendered, message = self.variants.get(variant, (self.rendered, self.message))
         with_id = message.for_campaign(job.campaign_id)  # with its Feedback-ID
         return Batch(job.campaign_id, rendered, with_id, envelopes, job.send_at)
 

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, distinct, func, or_, select, update
+from sqlalchemy import and_, case, distinct, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from pipeline.dispatch import ledger
@@ -254,21 +254,10 @@ def decide(store: Store, campaign_id: int, now: dt.datetime) -> Verdict | None:
         if not subjects or winner is not None:
             return None
         mine = d.campaign_id == campaign_id
-        sampling = conn.execute(
-            select(func.count()).where(mine, d.variant >= 0, d.status.in_(ledger.UNFINISHED))
-        ).scalar_one()
-        rest_due = conn.execute(
-            select(func.count()).where(
-                mine,
-                d.variant == REST,
-                d.status == DeliveryStatus.QUEUED,
-                or_(d.send_at.is_(None), d.send_at <= now),
-            )
-        ).scalar_one()
-        rest_left = conn.execute(
-            select(func.count()).where(mine, d.variant == REST, d.status == DeliveryStatus.QUEUED)
-        ).scalar_one()
-        if sampling or (rest_left and not rest_due):
+        waiting = [mine, d.variant == REST, d.status == DeliveryStatus.QUEUED]
+        sampling = exists().where(mine, d.variant >= 0, d.status.in_(ledger.UNFINISHED))
+        rest_due = exists().where(*waiting, or_(d.send_at.is_(None), d.send_at <= now))
+        if conn.execute(select(sampling | (exists().where(*waiting) & ~rest_due))).scalar():
             return None
         variants, rest = results(conn, campaign_id, subjects)
         judged = judge(variants, rest)

@@ -241,7 +241,7 @@ class Scheduler:
         # Checked before deciding: an issue with errors stays undecided, so a fix within the
         # catch-up window still goes out.
         rendered = None if existing else checked_issue(slot.path, self.settings, self.links)[1]
-        if rendered is not None:  # a subject test too small for the audience is refused undecided too
+        if rendered is not None and rendered.subject_variants:  # a test too small is refused undecided
             audience = selection.count(self.store, list(slot.segments))
             subject_test(self.settings, rendered, self.settings.delivery.transport, audience)
         self._open(self.settings.delivery.transport).close()  # nothing is decided for a dead transport
@@ -260,7 +260,6 @@ class Scheduler:
             if self.config.per_recipient_timezone:
                 prepare = partial(fill_send_times, day=slot.day, settings=self.settings)
             transport = self.settings.delivery.transport
-            audience = selection.count(self.store, list(slot.segments))
             existing, _ = campaigns.create_campaign(
                 self.store,
                 rendered,
@@ -268,7 +267,8 @@ class Scheduler:
                 transport,
                 send_after=slot.due_at,
                 prepare=prepare,
-                test=subject_test(self.settings, rendered, transport, audience),
+                # Its samples are sized, and a test too small refused, against the frozen ledger.
+                test=subjects.planned_test(rendered, self.settings, transport),
             )
             how = "started"
         else:
