@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from pipeline.cli.context import console
 from pipeline.dispatch import campaigns
 from pipeline.feedback import health
+from pipeline.feedback.events import record_events
 from pipeline.settings import Settings, WebSettings
 from pipeline.store.engine import Store, open_store
 from pipeline.web import create_app
@@ -20,6 +21,7 @@ from tests.fixtures.web import OpenClient
 from tests.transport_helpers import new_campaign
 from tests.web_support import mark_sent, readers, send_everything, web_settings
 
+REASON = "paused automatically: bounce rate 15 % (3 of 20 sent) passed bounce_rate_limit 10 %"
 LIMITS = WebSettings(bounce_rate_limit=0.02, complaint_rate_limit=0.001, health_min_sent=100)
 
 
@@ -83,9 +85,7 @@ def test_bounces_arriving_by_webhook_pause_a_running_campaign(
     assert storm.json()["paused_campaigns"] == 1
     paused = campaigns.get_campaign(store, campaign.id)
     assert paused.status == "paused"
-    assert paused.status_reason == (
-        "paused automatically: bounce rate 15 % (3 of 20 sent) passed bounce_rate_limit 10 %"
-    )
+    assert paused.status_reason == REASON
 
 
 def test_complaints_pause_it_too(
@@ -117,6 +117,53 @@ def test_too_few_sent_to_judge_and_campaigns_not_running_are_left_alone(
     assert campaigns.get_campaign(store, young.id).status == "running"
     assert campaigns.get_campaign(store, finished.id).status == "finished"
     assert health.enforce(store, finished.id, guarded.web) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_campaign_found_healthy_is_judged_again_by_its_next_bounce_or_a_minute_later(
+    guarded: Settings, store: Store, tmp_path: Path
+) -> None:
+    """The watch spares the webhook the ledger count of a healthy campaign's posts of opens and
+    clicks, never a post with a bounce, and never trusts a verdict older than ``fresh_seconds``."""
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+    clock = Clock()
+    watch = health.Watch(guarded.web, fresh_seconds=60, clock=clock)
+    record_events(store, bounces(campaign.id, sent[:1]))  # 1 of 20: healthy
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    record_events(
+        store, bounces(campaign.id, sent[1:3])
+    )  # 3 of 20 now, by the mailbox: not seen by the watch
+
+    assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "click")]) == []
+    assert campaigns.get_campaign(store, campaign.id).status == "running"
+    clock.now += 61
+    assert watch.enforce(store, [(campaign.id, "open")]) == [(campaign.id, REASON)]
+    assert campaigns.get_campaign(store, campaign.id).status == "paused"
+
+
+def test_a_bounce_is_judged_at_once_and_a_resumed_unhealthy_campaign_pauses_at_its_next_event(
+    guarded: Settings, store: Store, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+    watch = health.Watch(guarded.web, clock=Clock())
+    record_events(store, bounces(campaign.id, sent[:1]))
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    record_events(store, bounces(campaign.id, sent[1:3]))
+
+    assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "bounce")]) == [(campaign.id, REASON)]
+    campaigns.change_status(store, campaign.id, "resume")
+    assert watch.enforce(store, [(campaign.id, "delivered")]) == [(campaign.id, REASON)]
 
 
 def test_campaigns_show_tells_why_it_paused(

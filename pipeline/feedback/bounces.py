@@ -274,7 +274,7 @@ class _Reader:
             campaign_id=campaign_id,
             subscriber_id=who[0] if who else None,
             delivery_id=None,
-            email_key=who[1] if who else None,
+            email=who[1] if who else None,
             url=None,
             reason=scrub(_storable(finding.reason), 500),
             occurred_at=occurred,

@@ -86,7 +86,7 @@ def _event(click: Click, subscriber_id: int) -> ProviderEvent:
         campaign_id=click.campaign_id,
         subscriber_id=subscriber_id,
         delivery_id=None,
-        email_key=None,
+        email=None,
         url=click.url[:2000],
         reason=None,
         occurred_at=click.at,

@@ -84,7 +84,10 @@ MAX_ID = 2**63 - 1
 """The largest id the store holds (a signed 64-bit integer on PostgreSQL and SQLite)."""
 DERIVED_KEY = "sha256:"
 """The prefix of a key derived from an event's content; SendGrid's own ids never have it."""
-_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
+_ADDRESS_PART = r"[^\s<>()\[\]\"',;:@]"
+_ADDRESS = re.compile(rf"(?<!{_ADDRESS_PART}){_ADDRESS_PART}++@{_ADDRESS_PART}++")
+"""An address in provider text: tried only where a run of address characters starts, and never
+backtracked into (possessive), so a long bounce reply costs one pass, not one pass per character."""
 _CONTAINERS = (dict, list)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DIGITS_ONLY = bytes(ord("0") if char in b"0123456789" else ord(" ") for char in range(256))
@@ -105,12 +108,19 @@ class ProviderEvent(NamedTuple):
     subscriber_id: int | None
     delivery_id: int | None
     """The ledger row the message was sent for (a custom arg): any event proves SendGrid accepted it."""
-    email_key: str | None
+    email: str | None
+    """The address as the event gives it: read as an address only where it is not the one the store
+    has for ``subscriber_id`` (SendGrid reports the address we sent to, so nearly never)."""
     url: str | None
     reason: str | None
     occurred_at: dt.datetime
     status: str | None
     """The subscription status this event calls for, if any."""
+
+    @property
+    def email_key(self) -> str | None:
+        """The identity of ``email`` (``parse_email``), or None if it is no address."""
+        return _email_key(self.email)
 
 
 @dataclass(slots=True)
@@ -126,6 +136,8 @@ class Recorded:
     """Ledger rows in doubt that an event proved accepted: now sent."""
     campaigns: set[int] = field(default_factory=set)
     """Known campaigns the new events belong to (their health is worth a look)."""
+    reported: set[tuple[int, str]] = field(default_factory=set)
+    """(campaign, kind) of the new events of known campaigns: which ones got bounces or complaints."""
     new: set[str] = field(default_factory=set)
     """The keys (``sg_event_id``) of the events stored now for the first time."""
 
@@ -210,8 +222,9 @@ def scrub(text: str | None, limit: int) -> str | None:
     """Provider text without addresses or link tokens: bounce replies often quote the address."""
     if text is None:
         return None
-    text = _TOKEN_PATH.sub(r"\1/\2/{token}", text)
-    return _ADDRESS.sub("[address]", text)[:limit]
+    if text.startswith("http"):  # (the one test costs less than the expression's search)
+        text = _TOKEN_PATH.sub(r"\1/\2/{token}", text, count=1)
+    return (_ADDRESS.sub("[address]", text) if "@" in text else text)[:limit]
 
 
 def _email_key(value: Any) -> str | None:
@@ -264,7 +277,7 @@ def parse_event(raw: Any, now: dt.datetime) -> ProviderEvent | None:
         _number(raw.get("campaign_id")),
         _number(raw.get("subscriber_id")),
         _number(raw.get("delivery_id")),
-        _email_key(raw.get("email")),
+        email if isinstance(email := raw.get("email"), str) else None,
         scrub(_text(raw.get("url"), 4000), 2000) if kind == "click" else None,
         scrub(_text(reason, 2000), 500) if reason is not None else None,
         _occurred(raw.get("timestamp"), now),
@@ -293,17 +306,25 @@ def _typed(text: ColumnElement[Any], type_: TypeEngine[Any]) -> ColumnElement[An
 class _Known:
     """What the store knows of the people and campaigns a post's events name."""
 
-    campaigns: set[int]
-    key_by_id: dict[int, str]
-    id_by_key: dict[str, int]
-    in_doubt: set[int]
+    campaigns: set[int] = field(default_factory=set)
+    email_by_id: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Each subscriber found: the address stored and its identity (``email_key``)."""
+    id_by_key: dict[str, int] = field(default_factory=dict)
+    in_doubt: set[int] = field(default_factory=set)
     """The campaigns among them with ledger rows in doubt."""
+    keys: dict[str, str | None] = field(default_factory=dict)
+    """The identity of each address the events give, read once per post."""
+
+    def key_of(self, email: str) -> str | None:
+        if email not in self.keys:
+            self.keys[email] = _email_key(email)
+        return self.keys[email]
 
 
 def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
     """Which campaigns the events name exist (and have rows in doubt), and which subscribers: by the
     custom arg's id, and by address only for the events whose id is unknown or has another address."""
-    known = _Known(set(), {}, {}, set())
+    known = _Known()
     campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
     if campaign_ids:
         c, d = campaigns.c, deliveries.c
@@ -315,7 +336,8 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
             if in_doubt:
                 known.in_doubt.add(campaign_id)
     _look_up(conn, known, subscribers.c.id, {e.subscriber_id for e in events if e.subscriber_id is not None})
-    keys = {e.email_key for e in events if e.email_key is not None and _subscriber(e, known) is None}
+    unsettled = {e.email for e in events if e.email is not None and _subscriber(e, known) is None}
+    keys = {key for email in unsettled if (key := known.key_of(email)) is not None}
     _look_up(conn, known, subscribers.c.email_key, keys - known.id_by_key.keys())
     return known
 
@@ -323,10 +345,10 @@ def _known(conn: Connection, events: Sequence[ProviderEvent]) -> _Known:
 def _look_up(conn: Connection, known: _Known, column: ColumnElement[Any], values: Collection[Any]) -> None:
     if values:
         s = subscribers.c
-        for subscriber_id, key in conn.execute(
-            select(s.id, s.email_key).where(_among(conn, column, values))
+        for subscriber_id, email, key in conn.execute(
+            select(s.id, s.email, s.email_key).where(_among(conn, column, values))
         ).all():
-            known.key_by_id[subscriber_id] = key
+            known.email_by_id[subscriber_id] = (email, key)
             known.id_by_key[key] = subscriber_id
 
 
@@ -340,10 +362,14 @@ def _stored_before(conn: Connection, events: Sequence[ProviderEvent]) -> set[str
 def _subscriber(event: ProviderEvent, known: _Known) -> int | None:
     """The custom arg's subscriber if the event's address agrees (ids of erased people can be reused
     on SQLite), else whoever has the event's address, else unknown."""
-    sid = event.subscriber_id
-    if sid in known.key_by_id and event.email_key in (None, known.key_by_id[sid]):
+    sid, email = event.subscriber_id, event.email
+    found = known.email_by_id.get(sid) if sid is not None else None
+    if found is not None and email in (None, found[0]):
+        return sid  # no address, or the one stored character for character: nothing to read
+    key = known.key_of(email) if email is not None else None
+    if found is not None and key in (None, found[1]):
         return sid
-    return known.id_by_key.get(event.email_key) if event.email_key else None
+    return known.id_by_key.get(key) if key else None
 
 
 def _apply_status(
@@ -466,7 +492,8 @@ def store_events(
         result.settled = _settle_in_doubt(within, events, known)
     result.stored = len(result.new)
     result.duplicates += len(rows) - len(result.new)
-    result.campaigns = {row[2] for row in rows if row[2] is not None and row[0] in result.new}
+    result.reported = {(row[2], row[1]) for row in rows if row[2] is not None and row[0] in result.new}
+    result.campaigns = {campaign_id for campaign_id, _ in result.reported}
     return result
 
 

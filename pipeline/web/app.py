@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from pipeline.audience.profile import topics
 from pipeline.audience.segments import load_segments
+from pipeline.feedback.health import Watch
 from pipeline.render.links import Links
 from pipeline.render.renderer import Renderer
 from pipeline.settings import Settings
@@ -116,6 +117,7 @@ def create_app(
         verifier=SignatureVerifier(key, max_age_seconds=settings.web.webhook_max_age_seconds)
         if key
         else None,
+        health=Watch(settings.web),
         renderer=Renderer(settings),
         transport=transport or (lambda: open_transport(settings)),
         clock=clock,

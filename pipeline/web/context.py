@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from pipeline.audience.profile import Topic
 from pipeline.errors import TokenError
+from pipeline.feedback.health import Watch
 from pipeline.render.links import Links
 from pipeline.render.renderer import Renderer
 from pipeline.settings import Settings
@@ -104,6 +105,8 @@ class WebContext:
     """Signups are recorded and confirmations mailed here, after the answer."""
     verifier: SignatureVerifier | None
     """None when ``web.webhook_public_key`` is not set: every webhook post is then refused."""
+    health: Watch
+    """Judges the campaigns of each webhook post against the bounce and complaint limits."""
     renderer: Renderer
     """Renders the confirmation mail (its templates compiled once)."""
     transport: Callable[[], Transport]

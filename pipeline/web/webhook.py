@@ -5,7 +5,7 @@ stale or from the future → 403 before the body is read; a body over ``webhook_
 as soon as that is known; then the ECDSA signature over exactly the bytes received (403 if it fails,
 and nothing is stored). Only then is the JSON parsed (400 if it is not an array, however deeply it
 nests) and recorded (``pipeline.feedback.events``), and the campaigns it touched are checked against
-the bounce and complaint limits (``pipeline.feedback.health``). A signed post that is an array is
+the bounce and complaint limits (``pipeline.feedback.health.Watch``). A signed post that is an array is
 always answered 200 with its counts: events that cannot be read are skipped and counted
 (``ignored``), never a reason for SendGrid to retry the whole batch.
 """
@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pipeline.feedback import health
 from pipeline.feedback.events import load_post, record_events
 from pipeline.web.context import WebContext, web
 from pipeline.web.security import BodyTooLarge, read_body
@@ -37,18 +36,15 @@ def _refuse(status: int, why: str) -> Response:
 
 def _record(ctx: WebContext, items: list[Any]) -> dict[str, int]:
     result = record_events(ctx.store, items, now=ctx.now())
-    paused = 0
-    for campaign_id in sorted(result.campaigns):
-        reason = health.enforce(ctx.store, campaign_id, ctx.settings.web)
-        if reason is not None:
-            log.warning("campaign %s %s", campaign_id, reason)
-            paused += 1
+    paused = ctx.health.enforce(ctx.store, result.reported)
+    for campaign_id, reason in paused:
+        log.warning("campaign %s %s", campaign_id, reason)
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,
         "ignored": result.ignored,
         "status_changes": result.status_changes,
-        "paused_campaigns": paused,
+        "paused_campaigns": len(paused),
     }
 
 
