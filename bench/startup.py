@@ -8,11 +8,16 @@ the absolute times drift), and prints the median wall time and CPU time of a who
 - `newsletter render ISSUE` against the MJML JavaScript CLI compiling the same issue's MJML (the tool the
   design card chose MRML, through mjml-python, to beat). The CLI comes from the npm registry into
   ~/.cache/newsletter-bench on first use (`npm install mjml@4`, about 10 s).
+
+Beside render, its floor: a process that imports the third-party packages `newsletter render` imports
+(read from its ``sys.modules``) and does nothing else, all of them and without pydantic and
+email-validator: what the libraries the design card chose cost before a line of ours runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -67,6 +72,42 @@ def alone(label: str, ours: Sequence[str], goal: float, cwd: Path, rounds: int) 
     print(f"  ours   {wall:6.3f} s wall  {cpu:6.3f} CPU-s   goal ≤ {goal} s: {wall / goal:.2f} of it")
 
 
+_MODULES_OF = """
+import atexit, json, sys
+from pipeline.cli import main
+def shown():
+    own = set(sys.stdlib_module_names) | {"pipeline"}
+    third = [name for name, module in list(sys.modules.items())
+             if name.partition(".")[0] not in own and not name.startswith("_")
+             and getattr(module, "__file__", None)
+             and "site-packages" in module.__file__]
+    sys.__stdout__.write(json.dumps(third))
+atexit.register(shown)
+sys.stdout = open("/dev/null", "w")
+main(sys.argv[1:])
+"""
+"""Runs a command and prints the third-party modules it imported, in the order they were imported."""
+
+
+def imported_modules(argv: Sequence[str], cwd: Path) -> list[str]:
+    """The third-party modules a ``newsletter`` command imports (every one, not only the packages:
+    a package's own import may be lazy)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MODULES_OF, *argv], cwd=cwd, check=True, capture_output=True, text=True
+    )
+    return list(json.loads(done.stdout))
+
+
+def floor(label: str, modules: Sequence[str], cwd: Path, rounds: int, mjml: Sequence[str]) -> None:
+    """A process importing ``modules`` and nothing else, against the MJML CLI."""
+    code = "\n".join(f"import {name}" for name in modules)
+    results = [run_once([sys.executable, "-c", code], cwd) for _ in range(rounds)]
+    others = [run_once(mjml, cwd) for _ in range(rounds)]
+    cpu = statistics.median(c for _, c in results)
+    other = statistics.median(c for _, c in others)
+    print(f"  {label}: {cpu:.3f} CPU-s, {cpu / other:.2f} of the MJML CLI ({other:.3f})")
+
+
 def mjml_cli() -> Path:
     """The MJML JavaScript CLI, installed from npm into the bench cache when missing."""
     binary = MJML_HOME / "node_modules" / ".bin" / "mjml"
@@ -114,15 +155,23 @@ def main() -> None:
             project,
             args.rounds,
         )
+        mjml_argv = [str(mjml), str(project / "issue.mjml"), "-o", str(project / "mjml.html")]
         pair(
             f"newsletter render {issue.name} (Jinja2 → MJML → HTML + text + .eml)",
             [NEWSLETTER, "render", str(issue)],
-            [str(mjml), str(project / "issue.mjml"), "-o", str(project / "mjml.html")],
+            mjml_argv,
             "mjml",
             project,
             args.rounds,
         )
         print("  goal: ours ≤ 1/3 of the MJML CLI's (ratio ≤ 0.33)")
+        modules = imported_modules(["render", str(issue)], project)
+        packages = sorted({name.partition(".")[0] for name in modules})
+        print(f"  the floor: render imports {len(modules)} modules of {', '.join(packages)}")
+        floor("importing them alone", modules, project, args.rounds, mjml_argv)
+        heavy = ("pydantic", "pydantic_core", "email_validator", "annotated_types", "typing_inspection")
+        lighter = [name for name in modules if name.partition(".")[0] not in heavy]
+        floor("without pydantic and email-validator", lighter, project, args.rounds, mjml_argv)
 
 
 if __name__ == "__main__":
