@@ -191,12 +191,20 @@ def _deeper(value: dict[Any, Any] | list[Any], limit: int) -> bool:
 def _number(value: Any) -> int | None:
     """A positive id from a custom arg (SendGrid passes them as strings); anything else, including a
     number too big for the store, is unknown."""
-    if isinstance(value, str):
-        if not (value.isdigit() and value.isascii() and len(value) <= 19):
-            return None
-        value = int(value)
-    elif not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is str:
+        return _digits(value)
+    if not isinstance(value, int) or isinstance(value, bool):
         return None
+    return value if 0 < value <= MAX_ID else None
+
+
+@functools.lru_cache(maxsize=16384)
+def _digits(text: str) -> int | None:
+    """``_number`` of a string, remembered: a post names one campaign a thousand times, and a person's
+    processed, delivered and open events come in posts close together."""
+    if not (text.isdigit() and text.isascii() and len(text) <= 19):
+        return None
+    value = int(text)
     return value if 0 < value <= MAX_ID else None
 
 
