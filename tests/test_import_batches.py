@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from pipeline.audience.bulk import Bulk
-from pipeline.audience.importer import BATCH_ROWS, _attributes_json, import_csv
+from pipeline.audience.bulk import IMPORT_CACHE_MB, Bulk
+from pipeline.audience.importer import _EVENTS, BATCH_ROWS, _attributes_json, import_csv
 from pipeline.audience.subscribers import (
     add_subscriber,
     erase,
@@ -29,7 +30,7 @@ from pipeline.audience.subscribers import (
 )
 from pipeline.errors import ImportRejected, StoreError
 from pipeline.store.engine import Store, utcnow
-from pipeline.store.tables import subscribers
+from pipeline.store.tables import subscriber_events, subscribers
 from tests.fixtures.store import all_text, snapshot
 from tests.test_import import rejected, write
 
@@ -202,6 +203,69 @@ def test_lookups_by_many_keys_find_exactly_those(store: Store) -> None:
         query = select(subscribers.c.email_key).where(bulk.among(subscribers.c.email_key, keys))
         assert sorted(conn.scalars(query)) == ["b@example.com", "c@example.com"]
         assert list(conn.scalars(select(subscribers.c.id).where(bulk.among(subscribers.c.id, [])))) == []
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "variables"),
+    [("sqlite", None), ("postgresql", None), ("sqlite", 999), ("sqlite", 10)],  # the limit is SQLite's
+)
+def test_bulk_inserts_write_every_row_in_order_whatever_a_statement_may_hold(
+    store: Store, variables: int | None
+) -> None:
+    """1,234 rows are several statements of many rows plus a shorter one; an older SQLite allows 999
+    parameters per statement, and at 10 a statement holds one row of seven columns."""
+    rows = [
+        (i, "2026-01-01 00:00:00.000000", "imported", None, "active", "test", f'{{"line": {i}}}')
+        for i in range(1, 1235)
+    ]
+    with store.write() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        if variables is not None:  # on this test's own store: its connections end with it
+            driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
+        Bulk(conn).insert(subscriber_events, _EVENTS, rows)
+    with store.read() as conn:
+        query = select(subscriber_events.c.subscriber_id, subscriber_events.c.detail)
+        written = conn.execute(query.order_by(subscriber_events.c.id)).all()
+    assert [(i, detail["line"]) for i, detail in written] == [(i, i) for i in range(1, 1235)]
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])  # PostgreSQL sizes its buffers for the server
+def test_the_import_page_cache_is_for_the_import_alone(store: Store, tmp_path: Path) -> None:
+    with store.write() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        cache = driver.execute
+        before = cache("PRAGMA cache_size").fetchone()
+        with Bulk(conn).roomy_cache():
+            assert cache("PRAGMA cache_size").fetchone() == (-1024 * IMPORT_CACHE_MB,)
+        assert cache("PRAGMA cache_size").fetchone() == before
+        with pytest.raises(KeyboardInterrupt), Bulk(conn).roomy_cache():
+            raise KeyboardInterrupt
+        assert cache("PRAGMA cache_size").fetchone() == before
+    import_csv(store, write(tmp_path, HEADER + "".join(people(10))))
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").first() == before
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (f"a@example.com,{'n' * 200},,{'c' * 1000}", None),  # long, every value at its limit
+        (f"a@example.com,{'n' * 201},,Oslo", "name: '"),
+        (f"a@example.com,Ana,,{'c' * 1001}", "city: '"),
+        ('a@example.com,Ana,,"Line\tbreaks\nallowed"', None),  # short, not printable, allowed
+        ("a@example.com,A\x07na,,Oslo", "name: 'A\\x07na' contains invisible characters"),  # short
+    ],
+)
+def test_names_and_attributes_are_checked_in_short_rows_and_long_ones(
+    store: Store, tmp_path: Path, row: str, problem: str | None
+) -> None:
+    path = write(tmp_path, f"{HEADER}{row}\n")
+    if problem is None:
+        assert import_csv(store, path).added == 1
+    else:
+        assert problem in rejected(store, path, ImportRejected)
 
 
 @given(st.dictionaries(st.text(), st.text()))
