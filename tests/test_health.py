@@ -19,7 +19,7 @@ from tests.emulators.sendgrid_events import EventKey, event, post_events
 from tests.fixtures.project import cli_invoker
 from tests.fixtures.web import OpenClient
 from tests.transport_helpers import new_campaign
-from tests.web_support import mark_sent, readers, send_everything, web_settings
+from tests.web_support import Clock, mark_sent, readers, send_everything, web_settings
 
 REASON = "paused automatically: bounce rate 15 % (3 of 20 sent) passed bounce_rate_limit 10 %"
 LIMITS = WebSettings(bounce_rate_limit=0.02, complaint_rate_limit=0.001, health_min_sent=100)
@@ -119,14 +119,6 @@ def test_too_few_sent_to_judge_and_campaigns_not_running_are_left_alone(
     assert health.enforce(store, finished.id, guarded.web) is None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_campaign_found_healthy_is_judged_again_by_its_next_bounce_or_a_minute_later(
     guarded: Settings, store: Store, tmp_path: Path
 ) -> None:
@@ -135,7 +127,7 @@ def test_a_campaign_found_healthy_is_judged_again_by_its_next_bounce_or_a_minute
     readers(store, tmp_path, 40)
     campaign = new_campaign(store, guarded)
     sent = mark_sent(store, campaign.id, 20)
-    clock = Clock()
+    clock = Clock(1000.0)
     watch = health.Watch(guarded.web, fresh_seconds=60, clock=clock)
     record_events(store, bounces(campaign.id, sent[:1]))  # 1 of 20: healthy
     assert watch.enforce(store, [(campaign.id, "bounce")]) == []
@@ -145,7 +137,7 @@ def test_a_campaign_found_healthy_is_judged_again_by_its_next_bounce_or_a_minute
 
     assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "click")]) == []
     assert campaigns.get_campaign(store, campaign.id).status == "running"
-    clock.now += 61
+    clock.advance(61)
     assert watch.enforce(store, [(campaign.id, "open")]) == [(campaign.id, REASON)]
     assert campaigns.get_campaign(store, campaign.id).status == "paused"
 
@@ -156,7 +148,7 @@ def test_a_bounce_is_judged_at_once_and_a_resumed_unhealthy_campaign_pauses_at_i
     readers(store, tmp_path, 40)
     campaign = new_campaign(store, guarded)
     sent = mark_sent(store, campaign.id, 20)
-    watch = health.Watch(guarded.web, clock=Clock())
+    watch = health.Watch(guarded.web, clock=Clock(1000.0))
     record_events(store, bounces(campaign.id, sent[:1]))
     assert watch.enforce(store, [(campaign.id, "bounce")]) == []
     record_events(store, bounces(campaign.id, sent[1:3]))

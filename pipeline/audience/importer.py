@@ -316,7 +316,7 @@ class _Writer:
                  stamp, stamp, stamp if status == active else None, stamp if status == unsubscribed else None)
             )  # fmt: skip
             tags += zip(repeat(id_), row.tags)
-            events.append(self._event(id_, "imported", f'{{"line": {row.line}}}', None, status))
+            events.append(self._event(id_, "imported", f'{{"line": {row.line}}}', to_status=status))
         self.bulk.insert(subscribers, _PEOPLE, people)
         self.bulk.insert(subscriber_tags, _TAGS, tags)
         self.bulk.insert(subscriber_events, _EVENTS, events)
