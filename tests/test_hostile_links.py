@@ -18,8 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
-from alembic.config import Config
 from starlette.testclient import TestClient
 
 from pipeline.audience.optin import CONFIRM
@@ -28,11 +26,11 @@ from pipeline.dispatch.single import send_test
 from pipeline.recipient import Recipient
 from pipeline.render.links import PREFERENCES, UNSUBSCRIBE, Links
 from pipeline.settings import Settings
-from pipeline.store.engine import MIGRATIONS, Store, connect, open_store
+from pipeline.store.engine import Store, connect, open_store
 from pipeline.tokens import PREVIEW_ID, Signer
 from pipeline.web import create_app, server
 from tests.fixtures.project import FIRST_ISSUE, cli_invoker
-from tests.fixtures.store import TEST_KEY, snapshot
+from tests.fixtures.store import TEST_KEY, snapshot, store_at
 from tests.fixtures.web import OpenClient
 from tests.mail import outbox_messages, outbox_transport, parse_message
 from tests.paths import REPO
@@ -151,17 +149,6 @@ def test_old_id_only_links_still_open_for_their_person_but_never_for_a_stranger(
     assert find_subscriber(store, ana.id).status == "unsubscribed"  # type: ignore[union-attr]
 
 
-def _store_at(url: str, revision: str) -> Store:
-    """A store whose schema stops at ``revision``, as an older version of the pipeline left it."""
-    store = connect(url, TEST_KEY, migrate=False)
-    with store.write() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-    return store
-
-
 def test_upgrading_a_sqlite_store_stops_id_reuse_and_refuses_old_links_of_reused_ids(
     tmp_path: Path, settings: Settings, open_client: OpenClient
 ) -> None:
@@ -169,7 +156,7 @@ def test_upgrading_a_sqlite_store_stops_id_reuse_and_refuses_old_links_of_reused
     else, keeps every row and tag through the upgrade; the reused id's old links open nothing, the
     other old links still work, and no id that was ever used is handed out again."""
     url = f"sqlite:///{tmp_path / 'var' / 'old.db'}"
-    with _store_at(url, "0004") as old:
+    with store_at(url, "0004") as old:
         add_subscriber(old, "first@example.com", tags=["toddler"])
         ana = add_subscriber(old, "ana@example.com", tags=["teen", "vip"])
         erased = add_subscriber(old, "erased@example.com")

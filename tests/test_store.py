@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import shutil
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import inspect, select, text
+from sqlalchemy import Table, inspect, select, text
 
 from pipeline.audience.fields import _validated, parse_email
 from pipeline.audience.subscribers import (
@@ -29,8 +30,9 @@ from pipeline.audience.subscribers import (
 from pipeline.errors import AudienceError, StoreError
 from pipeline.settings import Settings
 from pipeline.store.engine import MIGRATIONS, Store, connect, head_revision, open_store
-from pipeline.store.tables import metadata, subscribers
-from tests.fixtures.store import TEST_KEY, _binary, all_text, snapshot
+from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus, SubscriberStatus
+from pipeline.store.tables import campaigns, deliveries, metadata, subscribers
+from tests.fixtures.store import TEST_KEY, _binary, all_text, snapshot, store_at
 
 # --- migrations and connections -------------------------------------------------------------------
 
@@ -65,6 +67,64 @@ def test_migrations_build_exactly_the_tables_in_tables_py(store: Store) -> None:
     with store.read() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
+
+
+CHECKED: dict[tuple[Table, str], type[StrEnum]] = {
+    (subscribers, "status"): SubscriberStatus,
+    (campaigns, "status"): CampaignStatus,
+    (campaigns, "kind"): CampaignKind,
+    (deliveries, "status"): DeliveryStatus,
+}
+
+
+def _one_of_each(store: Store) -> dict[Table, int]:
+    """A subscriber, a campaign and a ledger row, by table: their id."""
+    now = dt.datetime.now(dt.UTC)
+    with store.write() as conn:
+        person = conn.execute(subscribers.insert().returning(subscribers.c.id), _row("c@example.com"))
+        subscriber_id = person.scalar_one()
+        text_columns = ("issue_slug", "segments", "subject", "preheader", "html", "text", "content_hash")
+        campaign: dict[str, object] = dict.fromkeys(text_columns, "x")
+        campaign |= {"transport": "outbox", "status": "running", "created_at": now}
+        campaign_id = conn.execute(campaigns.insert().returning(campaigns.c.id), campaign).scalar_one()
+        row = {"campaign_id": campaign_id, "subscriber_id": subscriber_id, "email": "c@example.com"}
+        delivery_id = conn.execute(
+            deliveries.insert().returning(deliveries.c.id), row | {"status": "queued"}
+        ).scalar_one()
+    return {subscribers: subscriber_id, campaigns: campaign_id, deliveries: delivery_id}
+
+
+def _assert_checks_hold(store: Store, ids: dict[Table, int]) -> None:
+    """Each status (and kind) column takes every one of its states and nothing else."""
+    for (table, column), states in CHECKED.items():
+        row = table.c.id == ids[table]
+        for state in states:
+            with store.write() as conn:
+                assert conn.execute(table.update().where(row).values({column: state})).rowcount == 1
+        with pytest.raises(StoreError), store.write() as conn:
+            conn.execute(table.update().where(row).values({column: "no such state"}))
+        with store.read() as conn:
+            assert conn.execute(select(table.c[column]).where(row)).scalar_one() == state
+
+
+def test_status_checks_take_their_states_and_nothing_else(store: Store) -> None:
+    _assert_checks_hold(store, _one_of_each(store))
+
+
+def test_upgrading_from_0010_keeps_every_row_and_check_and_builds_the_tables_of_tables_py(
+    empty_store_url: str,
+) -> None:
+    """Revision 0011 rewrites the CHECKs (rebuilding three tables on SQLite) and two ledger indexes."""
+    with store_at(empty_store_url, "0010") as old:
+        ids = _one_of_each(old)
+        before = snapshot(old)
+    with connect(empty_store_url, TEST_KEY) as store:
+        assert store.current_revision() == head_revision() == "0011"
+        assert snapshot(store) == before | {"alembic_version": ["('0011',)"]}
+        with store.read() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+        _assert_checks_hold(store, ids)
 
 
 def test_a_database_from_a_newer_pipeline_is_refused(store: Store) -> None:

@@ -1,0 +1,103 @@
+"""Writes a send makes cheaper: status CHECKs SQLite reads without a temporary table, and two indexes
+of the ledger that a claim and a record move less.
+
+SQLite (3.40 here) evaluates ``status IN ('queued', 'sending', …)`` in a CHECK by building a temporary
+table for the list on every row it writes: 4.5 µs per inserted row, 1.8 µs per updated one, more than
+the rest of the write (an import inserts a subscriber a row, a send updates each ledger row twice).
+``status = 'queued' OR status = 'sending' OR …`` says the same (NULL passes both) and costs nothing
+measurable. Every status and kind CHECK is rewritten so, on both engines (one schema text for both).
+On SQLite that rebuilds ``subscribers``, ``campaigns`` and ``deliveries`` once (a table's CHECKs
+cannot be changed in place): a few seconds per million ledger rows, inside the migration's transaction.
+
+``ix_deliveries_subscriber_id_claimed_at`` becomes ``ix_deliveries_subscriber_id``: the two queries
+that read a person's last messages get a few dozen rows per person from it and sort them, and a claim,
+which sets ``claimed_at`` on a thousand rows, no longer moves a thousand index entries.
+``ix_deliveries_message_id`` holds only rows that have a message id (every lookup names one), so
+recording a batch inserts entries instead of moving them from NULL.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+import sqlalchemy as sa
+from alembic import op
+
+from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus, SubscriberStatus, one_of
+
+revision = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+CHECKS: dict[str, dict[str, type[StrEnum]]] = {
+    "subscribers": {"status": SubscriberStatus},
+    "campaigns": {"status": CampaignStatus, "kind": CampaignKind},
+    "deliveries": {"status": DeliveryStatus},
+}
+"""The table, column and states of each CHECK rewritten. The states are today's: had one been added
+after this revision, its own migration would have rewritten the CHECK again."""
+HAS_MESSAGE_ID = sa.text("message_id IS NOT NULL")
+
+
+def _rewrite_checks(written_as: Callable[[str, type[StrEnum]], str]) -> None:
+    """Each CHECK of ``CHECKS`` again, its SQL ``written_as(column, states)``.
+
+    SQLite's rebuild of ``subscribers`` keeps its AUTOINCREMENT (revision 0005) and its counter: the
+    new table's would start at the highest id left, and hand an erased newest person's id out again.
+    """
+    bind = op.get_bind()
+    sqlite = bind.dialect.name == "sqlite"
+    counter = bind.execute(sa.text(_COUNTER)).scalar() if sqlite else None
+    for table, columns in CHECKS.items():
+        kwargs = {"sqlite_autoincrement": True} if table == "subscribers" else {}
+        with op.batch_alter_table(table, table_kwargs=kwargs) as batch:
+            for column, states in columns.items():
+                batch.drop_constraint(op.f(f"ck_{table}_{column}"), type_="check")
+                batch.create_check_constraint(column, written_as(column, states))
+    if counter is not None:
+        bind.execute(
+            sa.text(f"UPDATE sqlite_sequence SET seq = MAX(seq, :seq) WHERE {_MINE}"), {"seq": counter}
+        )
+        bind.execute(
+            sa.text(
+                f"INSERT INTO sqlite_sequence (name, seq) SELECT 'subscribers', :seq WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE {_MINE})"
+            ),
+            {"seq": counter},
+        )
+
+
+_MINE = "name = 'subscribers'"
+_COUNTER = f"SELECT seq FROM sqlite_sequence WHERE {_MINE}"
+
+
+def _in_list(column: str, states: type[StrEnum]) -> str:
+    """The CHECK of before this revision."""
+    return f"{column} IN ({', '.join(repr(str(s)) for s in states)})"
+
+
+def upgrade() -> None:
+    _rewrite_checks(one_of)
+    op.drop_index("ix_deliveries_subscriber_id_claimed_at", table_name="deliveries")
+    op.create_index("ix_deliveries_subscriber_id", "deliveries", ["subscriber_id"])
+    op.drop_index("ix_deliveries_message_id", table_name="deliveries")
+    op.create_index(
+        "ix_deliveries_message_id",
+        "deliveries",
+        ["message_id"],
+        sqlite_where=HAS_MESSAGE_ID,
+        postgresql_where=HAS_MESSAGE_ID,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_deliveries_message_id", table_name="deliveries")
+    op.create_index("ix_deliveries_message_id", "deliveries", ["message_id"])
+    op.drop_index("ix_deliveries_subscriber_id", table_name="deliveries")
+    op.create_index("ix_deliveries_subscriber_id_claimed_at", "deliveries", ["subscriber_id", "claimed_at"])
+    _rewrite_checks(_in_list)
