@@ -4,7 +4,8 @@ Against the ceiling (``--ceiling-recipients C``, 200,000; ``--rounds R``, 3): th
 as one process; in turn, R times, a minimal client posts C recipients' worth of pre-built request bodies
 (built by our transport for subscribers shaped like the generated ones, so of the same size and shape)
 over keep-alive ``http.client`` connections, as many at once as our send has in flight, and our send
-(plan, freeze, dispatcher) sends C generated subscribers on a fresh copy of one store. Each prints
+(plan, freeze, dispatcher, paced by the campaign's pace in the store as `newsletter send` is) sends C
+generated subscribers on a fresh copy of one store. Each prints
 recipients/s, CPU per recipient and the emulator's share of a core; the medians give the ratio. The
 sender's CPU is this process's (``time.process_time``, every thread; the emulator is another process),
 with the send loop's own thread apart (it claims and records), and a serial pass over another fresh
@@ -66,7 +67,6 @@ from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.courier import Courier, Job
 from pipeline.dispatch.dispatcher import Dispatcher, RunReport
 from pipeline.dispatch.plan import checked_issue, plan_send, start_campaign
-from pipeline.dispatch.ratelimit import RateLimiter
 from pipeline.recipient import Recipient
 from pipeline.render.links import Links
 from pipeline.render.message import MessageTemplate
@@ -414,7 +414,7 @@ def send_campaign(
             settings,
             transport,
             links,
-            limiter=RateLimiter(1e12),
+            limiter=None,  # the campaign's pace in the store, as `newsletter send` keeps it
             on_progress=sampler,
             batch_size=settings.delivery.batch_size,
         )
@@ -770,9 +770,8 @@ def bench_smtp(m: int, workdir: Path, connections: int | None, sink_kind: str, p
 MAIN_STEPS = (
     ("ledger.claim (SQL, rows as tuples)", "claim (pipeline/dispatch/ledger.py"),
     ("ledger.record", "record (pipeline/dispatch/ledger.py"),
-    ("rate limiter", "RateLimiter.acquire"),
+    ("the pace (SharedPace, in the store)", "(pipeline/dispatch/ratelimit.py"),
     ("waiting for a transport call", "wait (concurrent/futures"),
-    ("campaign status check", "_why_stop"),
     ("progress callback", "_progress"),
 )
 SEND_STEPS = (

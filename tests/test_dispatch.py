@@ -407,6 +407,27 @@ def test_a_stop_that_lands_while_a_claim_waits_for_the_pace_is_reported_as_inter
     assert campaigns.report(store, campaign.id).counts == {"sent": 7, "queued": 53}
 
 
+def test_a_pause_that_lands_while_a_claim_waits_for_the_pace_sends_nothing_more(
+    store: Store, fast: Settings, audience: list[str]
+) -> None:
+    """The operator pauses while the dispatcher sleeps out the pace before its next claim: the claim
+    itself reads the campaign's status, so that batch stays queued (it used to go out, read too early)."""
+    elapsed = [0.0]
+    campaign = new_campaign(store, fast)
+
+    def pause_while_pacing(seconds: float) -> None:
+        elapsed[0] += seconds
+        campaigns.change_status(store, campaign.id, "pause", "by the test")
+
+    limiter = RateLimiter(10.0, burst=7, clock=lambda: elapsed[0], sleep=pause_while_pacing)
+    report = dispatcher(store, fast, outbox_transport(fast), limiter=limiter).run(campaign.id)
+
+    assert report.end == "paused"
+    assert report.counts == {"sent": 7}, "the burst went; the paced claim did not"
+    assert campaigns.report(store, campaign.id).counts == {"sent": 7, "queued": 53}
+    assert len(delivered_in(fast, campaign)) == 7
+
+
 def test_worker_processes_reach_everyone_once_through_sendgrid_faults_included(
     store: Store, fast: Settings, audience: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -251,17 +251,14 @@ class Dispatcher:
     def _loop(self, run: _Run, submit: Submit, limit: int) -> _Stop:
         """Keep ``limit`` batches in flight; record each as soon as it returns. Returns why it ended.
 
-        Pause, cancel, the health guard and a stop signal are looked for before every claim, so at
+        A stop signal is looked for before every claim, and pause, cancel and the health guard's pause
+        by the claim itself (``ledger.claim`` takes nothing from a campaign that is not running), so at
         most the batches already in flight go out after one of them."""
         while True:
             while run.stopped is None and len(run.in_flight) < limit:
-                reason = self._why_stop(run)
-                if reason is not None:
-                    run.stop_with(reason)
-                    break
-                job = self._claim(run)
+                job = None if self.stop.is_set() else self._claim(run)
                 if job is None:
-                    if self.stop.is_set():  # the signal landed while this claim waited for the pace
+                    if self.stop.is_set():  # before the claim, or while it waited for the pace
                         run.stop_with((RunEnd.INTERRUPTED, None))
                     break
                 run.in_flight[submit(job)] = job.batch_id
@@ -319,21 +316,19 @@ class Dispatcher:
             self._record(list(done), run)
         self.stop.wait(max(0.0, deadline - time.monotonic()))
 
-    def _why_stop(self, run: _Run) -> _Stop | None:
-        if self.stop.is_set():
-            return (RunEnd.INTERRUPTED, None)
-        status = campaigns.get_campaign(self.store, run.campaign_id).status
-        if status == CampaignStatus.RUNNING:
-            return None
-        return (_ENDS_BY_STATUS.get(status, RunEnd.DONE), None)
-
     def _claim(self, run: _Run) -> Job | None:
-        """The next batch to send, paced by the rate limit; None when no queued row is due.
+        """The next batch to send, paced by the rate limit; None when no queued row is due or the
+        campaign is no longer running (then ``run`` says why it stopped).
 
         The pace is kept *before* rows are claimed, so rows never sit `sending` while we wait.
         """
         if not run.pace.try_acquire(self.batch_size):
-            # The pace will make us wait: wait only for the rows that are really there.
+            # The pace will make us wait (the claim would see a pause only after it): not for a campaign
+            # that stopped running, and only for the rows that are really there.
+            status = campaigns.get_campaign(self.store, run.campaign_id).status
+            if status != CampaignStatus.RUNNING:
+                run.stop_with(_end_by(status))
+                return None
             waiting = ledger.waiting(
                 self.store, run.campaign_id, self.batch_size, self.now(), ahead=self.transport.send_ahead
             )
@@ -356,6 +351,9 @@ class Dispatcher:
                 earlier=run.earlier,
                 rest=run.rest,
             )
+            if claim.campaign_status != CampaignStatus.RUNNING:
+                run.stop_with(_end_by(claim.campaign_status))
+                return None
             if claim.skipped:
                 run.counts[DeliveryStatus.SKIPPED] += claim.skipped
                 self._progress(run)
@@ -371,6 +369,11 @@ class Dispatcher:
     def _progress(self, run: _Run) -> None:
         if self.on_progress:
             self.on_progress(run.counts)
+
+
+def _end_by(status: str | None) -> _Stop:
+    """Why a run ends when its campaign is no longer running (None: the campaign is gone)."""
+    return (_ENDS_BY_STATUS.get(CampaignStatus(status), RunEnd.DONE) if status else RunEnd.DONE, None)
 
 
 def _variants(campaign: campaigns.Campaign) -> dict[int, str]:

@@ -47,8 +47,8 @@ from sqlalchemy.engine import Connection
 from pipeline import liveness
 from pipeline.errors import StoreError
 from pipeline.store.engine import Store, in_chunks, utcnow
-from pipeline.store.statuses import DeliveryStatus, SubscriberStatus
-from pipeline.store.tables import deliveries, dispatch_runs, subscribers, suppressions
+from pipeline.store.statuses import CampaignStatus, DeliveryStatus, SubscriberStatus
+from pipeline.store.tables import campaigns, deliveries, dispatch_runs, subscribers, suppressions
 from pipeline.transports.base import Outcome
 
 STALE_AFTER = dt.timedelta(minutes=5)
@@ -67,6 +67,9 @@ class Claim:
     skipped: int
     send_at: dt.datetime | None = None
     """When claimed ``ahead``: the delivery time every row of the claim shares (None: now)."""
+    campaign_status: str | None = CampaignStatus.RUNNING
+    """The campaign's status as the claim saw it: rows are claimed only while it is ``running`` (None:
+    the campaign is gone)."""
 
 
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
@@ -277,6 +280,9 @@ def mark_in_doubt(store: Store, campaign_id: int) -> int:
         return result.rowcount or 0
 
 
+_CAMPAIGN_STATUS = select(campaigns.c.status).where(campaigns.c.id == bindparam("campaign"))
+
+
 class _ClaimSql(NamedTuple):
     """A claim's statements, built once per dialect and kind (``shared``: None takes every due row; for a
     provider that schedules delivery, True takes rows sharing one ``send_at``, False rows without one),
@@ -364,6 +370,8 @@ def claim(
     Rows of people whom another campaign of the same issue (``earlier``) reached meanwhile are skipped.
     Without ``rest``, rows waiting for a subject test's winner are left (it is not known yet).
     The rows are read (and on PostgreSQL locked) once, then marked; nothing else can change them between.
+    A campaign that is not running (paused, cancelled, finished) gets nothing claimed: its status is
+    read in the claim's own transaction, so a pause that committed before it is always seen.
     """
     now = now or utcnow()
     params: dict[str, Any] = {
@@ -375,6 +383,9 @@ def claim(
     shared: bool | None = None
     with store.write() as conn:
         postgres = conn.dialect.name == "postgresql"
+        status = conn.execute(_CAMPAIGN_STATUS, params).scalar_one_or_none()
+        if status != CampaignStatus.RUNNING:
+            return Claim([], 0, campaign_status=status)
         if ahead is not None:
             first = conn.execute(_claim_sql(postgres, None).first_due, params).first()
             if first is None:
