@@ -16,9 +16,7 @@ class Recipient(NamedTuple):
     timezone: str | None = None
 
     def first_name(self, fallback: str) -> str:
-        """The first word of the name, or ``fallback`` for subscribers who gave none."""
-        parts = (self.name or "").split()
-        return parts[0] if parts else fallback
+        return first_name(self.name, fallback)
 
 
 class PersonalFields(NamedTuple):
@@ -31,3 +29,9 @@ class PersonalFields(NamedTuple):
     click_token: str = ""
     """The recipient's part of each tracked link (``pipeline.render.clicks``); empty when links are not
     tracked."""
+
+
+def first_name(name: str | None, fallback: str) -> str:
+    """The first word of ``name``, or ``fallback`` for subscribers who gave none."""
+    words = name.split() if name else None
+    return words[0] if words else fallback

@@ -78,6 +78,18 @@ def test_a_signer_sent_to_a_worker_process_signs_alike() -> None:
     )
 
 
+def test_links_sent_to_a_worker_process_sign_alike(settings: Settings) -> None:
+    """A send's links hold a ``LinkSigner`` with the purposes' hash states: a worker gets them anew."""
+    links = Links(settings, Signer(KEY)).tracking(7)
+    copy = pickle.loads(pickle.dumps(links))
+    assert copy.fields(5, "b@example.com", "Bo Lee") == links.fields(5, "b@example.com", "Bo Lee")
+    assert (
+        copy.fields(5, "b@example.com", None).click_token
+        == links.fields(5, "b@example.com", None).click_token
+        != ""
+    )
+
+
 @pytest.fixture
 def emulator() -> Iterator[SendGridEmulator]:
     with SendGridEmulator(api_key=API_KEY) as emu:

@@ -91,12 +91,15 @@ class Courier:
 
     def envelopes(self, rows: list[ClaimedRow]) -> list[Envelope]:
         """Each claimed row with its personal fields (signed links): the per-recipient work."""
-        personal_fields = self.links.personal_fields
-        envelopes = []
-        for delivery_id, subscriber_id, email, name, timezone, _variant in rows:
-            recipient = Recipient(subscriber_id, email, name, timezone)
-            envelopes.append(Envelope(delivery_id, recipient, personal_fields(recipient)))
-        return envelopes
+        fields = self.links.fields
+        return [
+            Envelope(
+                delivery_id,
+                Recipient(subscriber_id, email, name, timezone),
+                fields(subscriber_id, email, name),
+            )
+            for delivery_id, subscriber_id, email, name, timezone, _variant in rows
+        ]
 
     def batch(self, job: Job, envelopes: list[Envelope], variant: int | None = None) -> Batch:
         # Rows waiting for a test's winner have no subject here, and are never claimed before it.

@@ -8,9 +8,9 @@ forwarded copy must not unsubscribe anybody.
 
 from __future__ import annotations
 
-from pipeline.recipient import PersonalFields, Recipient
+from pipeline.recipient import PersonalFields, Recipient, first_name
 from pipeline.settings import Settings
-from pipeline.tokens import PREVIEW_ID, Signer
+from pipeline.tokens import PREVIEW_ID, LinkSigner, Signer
 
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
@@ -38,6 +38,7 @@ class Links:
         self._purposes = (UNSUBSCRIBE, PREFERENCES) + (
             () if clicks_of is None else (click_purpose(clicks_of),)
         )
+        self._sign = LinkSigner(signer, self._purposes)
         self._unsubscribe_base = f"{self.base_url}/u/"
         self._preferences_base = f"{self.base_url}/preferences/"
 
@@ -52,12 +53,15 @@ class Links:
         return self._preferences_base + self.signer.sign(PREFERENCES, subscriber_id, address=email)
 
     def personal_fields(self, recipient: Recipient) -> PersonalFields:
-        """Everything that differs between two recipients' copies of an issue (once per recipient of a
-        send: all its tokens are signed in one call)."""
-        email = recipient.email
-        tokens = self.signer.sign_links(self._purposes, recipient.subscriber_id, address=email)
+        """Everything that differs between two recipients' copies of an issue."""
+        return self.fields(recipient.subscriber_id, recipient.email, recipient.name)
+
+    def fields(self, subscriber_id: int, email: str, name: str | None) -> PersonalFields:
+        """``personal_fields`` from the values themselves: a send calls it once per recipient, with all
+        its tokens signed in one call."""
+        tokens = self._sign(subscriber_id, email)
         return PersonalFields(
-            recipient.first_name(self.fallback_name),
+            first_name(name, self.fallback_name),
             email,
             self._unsubscribe_base + tokens[0],
             self._preferences_base + tokens[1],
