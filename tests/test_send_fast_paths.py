@@ -25,7 +25,7 @@ from pipeline.store.statuses import DeliveryStatus
 from pipeline.store.tables import deliveries
 from pipeline.tokens import Signer
 from pipeline.transports.base import Batch, Outcome
-from pipeline.transports.sendgrid import SendGridTransport
+from pipeline.transports.sendgrid import SendGridTransport, _display_name
 from tests.emulators.sendgrid import SendGridEmulator
 from tests.transport_helpers import make_batch, new_campaign
 
@@ -67,6 +67,13 @@ def test_signing_links_together_is_signing_each(
     signer = Signer(KEY)
     together = signer.sign_links(tuple(purposes), subscriber_id, address=address)
     assert together == [signer.sign(purpose, subscriber_id, address=address) for purpose in purposes]
+
+
+@given(st.one_of(st.none(), st.text(max_size=40), st.text(alphabet=" ,;\t\u00a0\x00aZé", max_size=12)))
+def test_the_quick_path_for_to_names_gives_what_the_general_one_gives(name: str | None) -> None:
+    """SendGrid's ``to.name``: one clean line without ``,`` or ``;``, or none; most names are that already."""
+    general = display_name((name or "").replace(",", " ").replace(";", " ")) or None
+    assert _display_name(name) == general
 
 
 def test_a_signer_sent_to_a_worker_process_signs_alike() -> None:
