@@ -47,6 +47,7 @@ from pipeline.render import clicks
 from pipeline.render.links import Links
 from pipeline.render.renderer import RenderedIssue
 from pipeline.settings import Settings
+from pipeline.store import checkpoints
 from pipeline.store.engine import Store, utcnow
 from pipeline.store.statuses import CampaignStatus, DeliveryStatus
 from pipeline.transports import open_transport
@@ -197,7 +198,11 @@ class Dispatcher:
         run.rest = not campaign.subjects or campaign.winner is not None
         try:
             couriers = self._couriers(rendered, links, variants)
-            with _rare_collections(), couriers as (submit, limit, cut_short):
+            with (
+                _rare_collections(),
+                checkpoints.in_background(self.store),
+                couriers as (submit, limit, cut_short),
+            ):
                 run.cut_short_with = cut_short
                 report.end, report.detail = self._loop(run, submit, limit)
                 report.in_flight_at_stop = run.in_flight_at_stop
