@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pipeline.settings import Settings, load_settings
+from pipeline.store import checkpoints
 from pipeline.store.engine import Store, connect
 from pipeline.store.tables import delivery_events, subscriber_events, subscribers
 from pipeline.web import create_app, server
@@ -199,6 +200,7 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
         bodies = [json.dumps(items[i : i + per_post]).encode() for i in range(0, len(items), per_post)]
 
         ours_port, bare_port = free_port(), free_port()
+        stack.enter_context(checkpoints.in_background(store))  # as `newsletter serve` runs it
         stack.enter_context(serving(server(create_app(settings, store), "127.0.0.1", ours_port)))
         stack.enter_context(serving(server(bare_app(key.public_key), "127.0.0.1", bare_port)))
         client = stack.enter_context(httpx2.Client(timeout=120))

@@ -32,6 +32,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, forwarded_allow_i
     Put a TLS-terminating proxy in front of it and set newsletter.base_url to the public URL.
     Stop it with Ctrl-C.
     """
+    from pipeline.store import checkpoints
     from pipeline.store.engine import open_store
     from pipeline.web import create_app, server  # Starlette and uvicorn load only for this command
 
@@ -43,7 +44,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, forwarded_allow_i
             f"Serving {settings.newsletter.name} on http://{host}:{port} (public: {settings.newsletter.base_url})"
         )
         # uvicorn shuts down gracefully on Ctrl-C, then passes it on: for `serve` that is a normal stop.
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt), checkpoints.in_background(store):
             server(app, host, port, forwarded_allow_ips=forwarded_allow_ips).run()
     console.print("Stopped.")
 

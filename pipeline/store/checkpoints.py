@@ -1,4 +1,4 @@
-"""SQLite's WAL checkpoints on a thread of their own while a process writes in a tight loop (a send).
+"""SQLite's WAL checkpoints on a thread of their own while a process writes in a loop (a send, the web service).
 
 In WAL mode the commit that takes the log past ``wal_autocheckpoint`` pages (1000) copies the log into
 the database and syncs it, in the committing thread. A send commits twice per batch, and its commits
