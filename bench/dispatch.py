@@ -775,7 +775,7 @@ MAIN_STEPS = (
     ("progress callback", "_progress"),
 )
 SEND_STEPS = (
-    ("signed links (Links.personal_fields)", "Links.personal_fields"),
+    ("signed links, envelopes (Courier.envelopes)", "Courier.envelopes"),
     ("request body (JSON written from the values)", "request_payload"),
     ("waiting for the response", "readinto"),
     ("connect", "create_connection"),
