@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy.exc import DBAPIError
+
 from pipeline.store.engine import Store
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,11 @@ def in_background(store: Store, every: float = EVERY_SECONDS) -> Iterator[None]:
 
 
 def _checkpoint(store: Store, every: float, done: threading.Event) -> None:
-    """``PASSIVE``: never waits for a reader or a writer, copies what it can and leaves the rest."""
-    connection = store.engine.raw_connection()
+    """``PASSIVE``: never waits for a reader or a writer, copies what it can and leaves the rest. If the
+    database cannot be reached (gone, say), the thread ends and the automatic checkpoints remain."""
+    connection = None
     try:
+        connection = store.engine.raw_connection()
         while not done.wait(every):
             cursor = connection.cursor()
             try:
@@ -51,7 +55,8 @@ def _checkpoint(store: Store, every: float, done: threading.Event) -> None:
                 cursor.fetchall()
             finally:
                 cursor.close()
-    except sqlite3.Error as exc:  # the database went away, say: the automatic checkpoints remain
+    except (sqlite3.Error, DBAPIError) as exc:  # the driver's own, or SQLAlchemy's around a connect
         log.debug("background checkpoints stopped (automatic ones go on): %s", exc)
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()

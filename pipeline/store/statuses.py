@@ -6,6 +6,7 @@ state added here is a state the database accepts (after a migration) and no othe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -54,7 +55,7 @@ class DeliveryStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-def one_of(column: str, states: type[StrEnum]) -> str:
+def one_of(column: str, states: Iterable[str]) -> str:
     """The SQL of a CHECK that ``column`` holds one of ``states``: ``status = 'a' OR status = 'b'``.
 
     Not ``status IN ('a', 'b')``, which says the same (NULL passes both): SQLite evaluates an ``IN``

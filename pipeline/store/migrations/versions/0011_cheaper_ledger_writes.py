@@ -23,30 +23,31 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from enum import StrEnum
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 from alembic import op
 
-from pipeline.store.statuses import CampaignKind, CampaignStatus, DeliveryStatus, SubscriberStatus, one_of
+from pipeline.store.statuses import one_of
 
 revision = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | None = None
 depends_on: str | None = None
 
-CHECKS: dict[str, dict[str, type[StrEnum]]] = {
-    "subscribers": {"status": SubscriberStatus},
-    "campaigns": {"status": CampaignStatus, "kind": CampaignKind},
-    "deliveries": {"status": DeliveryStatus},
+CHECKS: dict[str, dict[str, tuple[str, ...]]] = {
+    "subscribers": {"status": ("unconfirmed", "active", "unsubscribed", "bounced", "complained")},
+    "campaigns": {
+        "status": ("scheduled", "running", "paused", "finished", "cancelled"),
+        "kind": ("issue", "welcome"),
+    },
+    "deliveries": {"status": ("queued", "sending", "sent", "failed", "skipped", "in_doubt", "cancelled")},
 }
-"""The table, column and states of each CHECK rewritten. The states are today's: had one been added
-after this revision, its own migration would have rewritten the CHECK again."""
+"""The table, column and states of each CHECK rewritten, as they are at this revision."""
 HAS_MESSAGE_ID = sa.text("message_id IS NOT NULL")
 
 
-def _rewrite_checks(written_as: Callable[[str, type[StrEnum]], str]) -> None:
+def _rewrite_checks(written_as: Callable[[str, Iterable[str]], str]) -> None:
     """Each CHECK of ``CHECKS`` again, its SQL ``written_as(column, states)``.
 
     SQLite's rebuild of ``subscribers`` keeps its AUTOINCREMENT (revision 0005) and its counter: the
@@ -62,24 +63,19 @@ def _rewrite_checks(written_as: Callable[[str, type[StrEnum]], str]) -> None:
                 batch.drop_constraint(op.f(f"ck_{table}_{column}"), type_="check")
                 batch.create_check_constraint(column, written_as(column, states))
     if counter is not None:
+        highest = max(counter, bind.execute(sa.text("SELECT MAX(id) FROM subscribers")).scalar() or 0)
+        bind.execute(sa.text("DELETE FROM sqlite_sequence WHERE name = 'subscribers'"))
         bind.execute(
-            sa.text(f"UPDATE sqlite_sequence SET seq = MAX(seq, :seq) WHERE {_MINE}"), {"seq": counter}
-        )
-        bind.execute(
-            sa.text(
-                f"INSERT INTO sqlite_sequence (name, seq) SELECT 'subscribers', :seq WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE {_MINE})"
-            ),
-            {"seq": counter},
+            sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('subscribers', :seq)"), {"seq": highest}
         )
 
 
-_MINE = "name = 'subscribers'"
-_COUNTER = f"SELECT seq FROM sqlite_sequence WHERE {_MINE}"
+_COUNTER = "SELECT seq FROM sqlite_sequence WHERE name = 'subscribers'"
 
 
-def _in_list(column: str, states: type[StrEnum]) -> str:
+def _in_list(column: str, states: Iterable[str]) -> str:
     """The CHECK of before this revision."""
-    return f"{column} IN ({', '.join(repr(str(s)) for s in states)})"
+    return f"{column} IN ({', '.join(repr(state) for state in states)})"
 
 
 def upgrade() -> None:
