@@ -123,10 +123,6 @@ class Signer:
         raw = payload.encode("ascii")
         return f"{_b64(raw)}.{_b64(self._tag(purpose, raw, address))}"
 
-    def sign_links(self, purposes: tuple[str, ...], subscriber_id: int, *, address: str) -> list[str]:
-        """``[sign(purpose, …) for purpose in purposes]`` for one id and address (see ``LinkSigner``)."""
-        return LinkSigner(self, purposes)(subscriber_id, address)
-
     def claimed_id(self, token: str) -> int:
         """The subscriber id ``token`` names, unchecked: whose address to verify it against."""
         return _parse(token)[2]
@@ -180,8 +176,8 @@ class Signer:
 
 
 class LinkSigner:
-    """``Signer.sign_links`` for a fixed set of purposes, the links of every message of a send, called
-    once per recipient: at half the cost of signing each. The hash state of each purpose is looked up
+    """``[signer.sign(purpose, id, address=…) for purpose in purposes]`` for fixed purposes, the links
+    of every message of a send, called once per recipient: at half the cost of signing each. The hash state of each purpose is looked up
     once, the payload encoded once, and the tags and the payload go through one base64 pass: each tag
     padded to 18 bytes, a whole number of base64 groups, so each keeps its own 22 characters, and the
     payload after them, its characters the token's first part."""

@@ -23,7 +23,7 @@ from pipeline.settings import Settings
 from pipeline.store.engine import Store
 from pipeline.store.statuses import DeliveryStatus
 from pipeline.store.tables import deliveries
-from pipeline.tokens import Signer
+from pipeline.tokens import LinkSigner, Signer
 from pipeline.transports.base import Batch, Outcome
 from pipeline.transports.sendgrid import SendGridTransport, _display_name
 from tests.emulators.sendgrid import SendGridEmulator
@@ -65,7 +65,7 @@ def test_signing_links_together_is_signing_each(
     subscriber_id: int, address: str, purposes: list[str]
 ) -> None:
     signer = Signer(KEY)
-    together = signer.sign_links(tuple(purposes), subscriber_id, address=address)
+    together = LinkSigner(signer, tuple(purposes))(subscriber_id, address)
     assert together == [signer.sign(purpose, subscriber_id, address=address) for purpose in purposes]
 
 
