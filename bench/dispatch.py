@@ -10,6 +10,8 @@ recipients/s, CPU per recipient and the emulator's share of a core; the medians 
 sender's CPU is this process's (``time.process_time``, every thread; the emulator is another process),
 with the send loop's own thread apart (it claims and records), and a serial pass over another fresh
 copy times each step alone (claim, sign, build, the library's request, record) with ``thread_time``.
+Beside them, the ledger's floor: the very statements claim and record run for each batch, compiled
+once and run on a third fresh copy through ``sqlite3`` with no Python of ours around them.
 
 SendGrid: N subscribers are generated straight into a fresh temp SQLite store (bulk inserts, in a child
 process so the sender starts clean), the SendGrid emulator runs as a separate process
@@ -48,6 +50,7 @@ import pstats
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -61,7 +64,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import insert
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from pipeline.dispatch import campaigns, ledger
 from pipeline.dispatch.courier import Courier, Job
@@ -645,6 +650,68 @@ def breakdown(settings: Settings) -> dict[str, float]:
     return steps
 
 
+def _driver_sql(statement: Any) -> tuple[str, dict[str, Any]]:
+    """``statement`` as SQLite runs it: its text with named parameters, and the values it carries."""
+    compiled = statement.compile(dialect=sqlite_dialect.dialect(paramstyle="named"))
+    return str(compiled), {name: value for name, value in compiled.params.items() if value is not None}
+
+
+def ledger_floor(settings: Settings, size: int) -> float:
+    """CPU seconds of the ledger's own SQL in a send, run with nothing of ours around it: every statement
+    ``ledger.claim`` and ``ledger.record`` run for a batch of a fresh campaign (campaign status, first due
+    row, pick, re-check consent and suppression, mark sending, heartbeat, commit; mark sent, commit),
+    compiled once and run through ``sqlite3`` directly: what the per-recipient ledger costs SQLite itself."""
+    with open_bench_store(settings) as store:
+        links = Links(settings, store.signer)
+        campaign, _ = start_campaign(store, plan_send(store, settings, ISSUE, links), SendGridTransport.name)
+        campaigns.start(store, campaign.id)
+        run_id = ledger.start_run(store, campaign.id)
+    claim_sql = ledger._claim_sql(False, False)
+    statements = {
+        "status": _driver_sql(ledger._CAMPAIGN_STATUS),
+        "first_due": _driver_sql(ledger._claim_sql(False, None).first_due),
+        **{
+            name: _driver_sql(getattr(claim_sql, name))
+            for name in ("pick", "not_allowed", "mark", "heartbeat")
+        },
+        "sent": _driver_sql(ledger._RECORD_SENT),
+    }
+    db = sqlite3.connect(settings.store_url.removeprefix("sqlite:///"), isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):  # the store's settings
+        db.execute(f"PRAGMA {pragma}")
+
+    def run(name: str, values: dict[str, Any]) -> sqlite3.Cursor:
+        text, carried = statements[name]
+        return db.execute(text, carried | values)
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(" ")
+    spent = 0.0
+    for number in itertools.count():
+        batch = f"{run_id}-{number}"
+        values = {"campaign": campaign.id, "due_by": now, "rest": True, "size": size, "run": run_id}
+        started = time.thread_time()
+        db.execute("BEGIN IMMEDIATE")
+        run("status", values).fetchone()
+        run("first_due", values).fetchone()
+        rows = orjson.loads(run("pick", values).fetchone()[0])
+        if not rows:
+            db.execute("COMMIT")
+            break
+        values |= {"first": rows[0][0], "last": rows[-1][0], "batch": batch, "now": now}
+        run("not_allowed", values).fetchall()
+        marked = run("mark", values).rowcount
+        run("heartbeat", values)
+        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        recorded = run("sent", values | {"message": f"message-{number}", "error": None}).rowcount
+        db.execute("COMMIT")
+        spent += time.thread_time() - started
+        if not marked == recorded == len(rows):
+            raise SystemExit(f"the ledger's floor: {len(rows)} rows picked, {marked} marked, {recorded} sent")
+    db.close()
+    return spent
+
+
 def bench_ceiling(n: int, workdir: Path, rounds: int, processes: int) -> bool:
     """Our send of N recipients against the ceiling, interleaved ``rounds`` times against one emulator
     process: ceiling, ours, ceiling, ours… (each of ours on a fresh copy of one generated store); then
@@ -688,6 +755,8 @@ def bench_ceiling(n: int, workdir: Path, rounds: int, processes: int) -> bool:
         emulator_reset(url)
         steps = breakdown(settings)
         ok &= emulator_stats(url)["recipients"] == n
+        shutil.copy(base, copy)
+        sql_floor = ledger_floor(settings, size)
     finally:
         stop(emulator)
 
@@ -718,6 +787,10 @@ def bench_ceiling(n: int, workdir: Path, rounds: int, processes: int) -> bool:
     for step, seconds in steps.items():
         print(f"    {step:54s} {seconds / n * 1e6:5.1f} µs")
     print(f"    {'together':54s} {sum(steps.values()) / n * 1e6:5.1f} µs")
+    print(
+        f"  the ledger's floor: claim's and record's SQL alone, through sqlite3 with nothing around it: "
+        f"{sql_floor / n * 1e6:.1f} µs per recipient"
+    )
     for name, met in (
         ("our send ≥ 0.8 x the ceiling", our_rate >= 0.8 * top_rate),
         ("sender CPU ≤ 10 µs per recipient", our_cpu <= 10.0),
