@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import datetime as dt
 import json
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -43,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from pipeline.feedback.events import SQLITE_INSERT_ROWS, _sqlite_insert
 from pipeline.settings import Settings, load_settings
 from pipeline.store import checkpoints
 from pipeline.store.engine import Store, connect
@@ -181,6 +185,41 @@ def check(store: Store, items: list[dict[str, Any]], answers: list[dict[str, int
     return wrong
 
 
+def store_floor(database: Path, posts: list[list[dict[str, Any]]]) -> list[float]:
+    """Seconds per post of the store's part alone, the floor under ours on SQLite: each post's events as
+    rows made beforehand (not timed), inserted by the statement ours runs (``INSERT … ON CONFLICT
+    (sg_event_id) DO NOTHING RETURNING``, ``SQLITE_INSERT_ROWS`` a statement) and committed, one
+    transaction a post, through ``sqlite3`` on a copy of the store taken before the first post."""
+    received = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(" ")
+    db = sqlite3.connect(database, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):  # the store's settings
+        db.execute(f"PRAGMA {pragma}")
+    seconds = []
+    for items in posts:
+        rows = [
+            (
+                item["sg_event_id"],
+                item["event"],
+                int(item["campaign_id"]),
+                int(item["subscriber_id"]),
+                item.get("url"),
+                item.get("reason"),
+                dt.datetime.fromtimestamp(item["timestamp"], dt.UTC).replace(tzinfo=None).isoformat(" "),
+                received,
+            )
+            for item in items
+        ]
+        start = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        for first in range(0, len(rows), SQLITE_INSERT_ROWS):
+            some = rows[first : first + SQLITE_INSERT_ROWS]
+            db.execute(_sqlite_insert(len(some)), [value for row in some for value in row]).fetchall()
+        db.execute("COMMIT")
+        seconds.append(time.perf_counter() - start)
+    db.close()
+    return seconds
+
+
 def run(events: int, per_post: int, pg: bool) -> list[str]:
     key = EventKey()
     with ExitStack() as stack:
@@ -197,7 +236,15 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
         with store.read() as conn:
             email_of = dict(conn.execute(select(subscribers.c.id, subscribers.c.email)).all())
         items = phases([(d, s, email_of[s]) for d, s in sent], campaign.id)[:events]
-        bodies = [json.dumps(items[i : i + per_post]).encode() for i in range(0, len(items), per_post)]
+        posts = [items[i : i + per_post] for i in range(0, len(items), per_post)]
+        bodies = [json.dumps(post).encode() for post in posts]
+        if not pg:  # a copy before the first post, for the store's floor
+            source, copy = (
+                sqlite3.connect(url.removeprefix("sqlite:///")),
+                sqlite3.connect(folder / "floor.db"),
+            )
+            with contextlib.closing(source), contextlib.closing(copy):
+                source.backup(copy)
 
         ours_port, bare_port = free_port(), free_port()
         stack.enter_context(checkpoints.in_background(store))  # as `newsletter serve` runs it
@@ -228,6 +275,7 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
                     answers.append(response.json())
         machine_after = machine()
         wrong += check(store, items, answers)
+        floor = None if pg else store_floor(folder / "floor.db", posts)
 
     engine = "PostgreSQL" if pg else "SQLite"
     print(f"SendGrid Event Webhook, {engine}: {len(items):,} signed events in posts of {per_post:,}")
@@ -245,6 +293,15 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
         f"  ratio ours / limit: {by_rate:.3f} (1/{1 / by_rate:.1f}) in events/s, "
         f"{by_median:.3f} (1/{1 / by_median:.1f}) by median post"
     )
+    if floor is not None:
+        per_post_floor = statistics.median(floor) + limit.median()
+        print(
+            f"  the store's floor: each post's INSERT … ON CONFLICT DO NOTHING and commit alone, through "
+            f"sqlite3: {statistics.median(floor) * 1000:,.1f} ms a post; with the bare route's own "
+            f"{limit.median() * 1000:,.1f} ms, {per_post / per_post_floor:,.0f} events/s, "
+            f"{limit.median() / per_post_floor:.3f} (1/{per_post_floor / limit.median():.1f}) of the bare "
+            f"route: the most a durable, de-duplicating transaction a post reaches here"
+        )
     print(f"  machine before: {machine_before}")
     print(f"  machine after:  {machine_after}")
     stored = sum(answer["stored"] for answer in answers)
