@@ -661,11 +661,6 @@ def ledger_floor(settings: Settings, size: int) -> float:
     ``ledger.claim`` and ``ledger.record`` run for a batch of a fresh campaign (campaign status, first due
     row, pick, re-check consent and suppression, mark sending, heartbeat, commit; mark sent, commit),
     compiled once and run through ``sqlite3`` directly: what the per-recipient ledger costs SQLite itself."""
-    with open_bench_store(settings) as store:
-        links = Links(settings, store.signer)
-        campaign, _ = start_campaign(store, plan_send(store, settings, ISSUE, links), SendGridTransport.name)
-        campaigns.start(store, campaign.id)
-        run_id = ledger.start_run(store, campaign.id)
     claim_sql = ledger._claim_sql(False, False)
     statements = {
         "status": _driver_sql(ledger._CAMPAIGN_STATUS),
@@ -676,9 +671,24 @@ def ledger_floor(settings: Settings, size: int) -> float:
         },
         "sent": _driver_sql(ledger._RECORD_SENT),
     }
-    db = sqlite3.connect(settings.store_url.removeprefix("sqlite:///"), isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):  # the store's settings
-        db.execute(f"PRAGMA {pragma}")
+    with open_bench_store(settings) as store:
+        links = Links(settings, store.signer)
+        campaign, _ = start_campaign(store, plan_send(store, settings, ISSUE, links), SendGridTransport.name)
+        campaigns.start(store, campaign.id)
+        run_id = ledger.start_run(store, campaign.id)
+        # The store's own connection (its pragmas), driven through sqlite3 with no SQLAlchemy around it.
+        with contextlib.closing(store.engine.raw_connection()) as connection:
+            return _ledger_sql(connection.driver_connection, statements, campaign.id, run_id, size)
+
+
+def _ledger_sql(
+    db: sqlite3.Connection,
+    statements: dict[str, tuple[str, dict[str, Any]]],
+    campaign_id: int,
+    run_id: str,
+    size: int,
+) -> float:
+    """``ledger_floor``'s timed part: every batch of the campaign claimed and recorded by ``statements``."""
 
     def run(name: str, values: dict[str, Any]) -> sqlite3.Cursor:
         text, carried = statements[name]
@@ -688,7 +698,7 @@ def ledger_floor(settings: Settings, size: int) -> float:
     spent = 0.0
     for number in itertools.count():
         batch = f"{run_id}-{number}"
-        values = {"campaign": campaign.id, "due_by": now, "rest": True, "size": size, "run": run_id}
+        values = {"campaign": campaign_id, "due_by": now, "rest": True, "size": size, "run": run_id}
         started = time.thread_time()
         db.execute("BEGIN IMMEDIATE")
         run("status", values).fetchone()
@@ -708,7 +718,6 @@ def ledger_floor(settings: Settings, size: int) -> float:
         spent += time.thread_time() - started
         if not marked == recorded == len(rows):
             raise SystemExit(f"the ledger's floor: {len(rows)} rows picked, {marked} marked, {recorded} sent")
-    db.close()
     return spent
 
 

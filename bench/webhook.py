@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import os
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from starlette.routing import Route
 from pipeline.feedback.events import SQLITE_INSERT_ROWS, _sqlite_insert
 from pipeline.settings import Settings, load_settings
 from pipeline.store import checkpoints
-from pipeline.store.engine import Store, connect
+from pipeline.store.engine import Store, connect, create_store_engine
 from pipeline.store.tables import delivery_events, subscriber_events, subscribers
 from pipeline.web import create_app, server
 from pipeline.web.signature import load_public_key
@@ -189,15 +188,27 @@ def check(store: Store, items: list[dict[str, Any]], answers: list[dict[str, int
     return wrong
 
 
+def copy_store(store: Store, path: Path) -> None:
+    """The store's SQLite database copied to ``path`` (SQLite's backup), the file made private as the
+    store makes its own."""
+    engine = create_store_engine(f"sqlite:///{path}")
+    with (
+        contextlib.closing(store.engine.raw_connection()) as source,
+        contextlib.closing(engine.raw_connection()) as copy,
+    ):
+        source.driver_connection.backup(copy.driver_connection)
+    engine.dispose()
+
+
 def store_floor(database: Path, posts: list[list[dict[str, Any]]]) -> list[float]:
     """Seconds per post of the store's part alone, the floor under ours on SQLite: each post's events as
     rows made beforehand (not timed), inserted by the statement ours runs (``INSERT … ON CONFLICT
     (sg_event_id) DO NOTHING RETURNING``, ``SQLITE_INSERT_ROWS`` a statement) and committed, one
     transaction a post, through ``sqlite3`` on a copy of the store taken before the first post."""
     received = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(" ")
-    db = sqlite3.connect(database, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):  # the store's settings
-        db.execute(f"PRAGMA {pragma}")
+    engine = create_store_engine(f"sqlite:///{database}")  # the store's own pragmas on its connection
+    connection = engine.raw_connection()
+    db = connection.driver_connection
     seconds = []
     for items in posts:
         rows = [
@@ -220,7 +231,8 @@ def store_floor(database: Path, posts: list[list[dict[str, Any]]]) -> list[float
             db.execute(_sqlite_insert(len(some)), [value for row in some for value in row]).fetchall()
         db.execute("COMMIT")
         seconds.append(time.perf_counter() - start)
-    db.close()
+    connection.close()
+    engine.dispose()
     return seconds
 
 
@@ -243,12 +255,7 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
         posts = [items[i : i + per_post] for i in range(0, len(items), per_post)]
         bodies = [json.dumps(post).encode() for post in posts]
         if not pg:  # a copy before the first post, for the store's floor
-            source, copy = (
-                sqlite3.connect(url.removeprefix("sqlite:///")),
-                sqlite3.connect(folder / "floor.db"),
-            )
-            with contextlib.closing(source), contextlib.closing(copy):
-                source.backup(copy)
+            copy_store(store, folder / "floor.db")
 
         ours_port, bare_port = free_port(), free_port()
         stack.enter_context(checkpoints.in_background(store))  # as `newsletter serve` runs it
