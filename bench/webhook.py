@@ -1,7 +1,9 @@
 """Webhook ingest rate: `python -m bench.webhook [--events 50000] [--per-post 1000] [--pg]`.
 
 A fresh store (SQLite in a temp folder; with ``--pg`` a throwaway PostgreSQL server) gets one
-subscriber per five events and a running campaign recorded as sent to all of them. SendGrid's side
+subscriber per five events and a running campaign recorded as sent to all of them and to as many
+others as make ``--sent`` (a million by default, the size ``bench/dispatch.py`` sends: judging a
+campaign's health reads its ledger, so a small one would hide what a real one costs). SendGrid's side
 (``tests/emulators/sendgrid_events``: a generated P-256 key, events shaped like SendGrid's, custom
 args and all) reports on those messages in phases, as SendGrid would over a day: processed, delivered
 (1 % bounce instead), open, click, and a last open (0.5 % unsubscribe, 0.2 % group unsubscribe,
@@ -43,7 +45,7 @@ import httpx2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -53,7 +55,7 @@ from pipeline.feedback.events import SQLITE_INSERT_ROWS, _sqlite_insert
 from pipeline.settings import Settings, load_settings
 from pipeline.store import checkpoints
 from pipeline.store.engine import Store, connect, create_store_engine
-from pipeline.store.tables import delivery_events, subscriber_events, subscribers
+from pipeline.store.tables import deliveries, delivery_events, subscriber_events, subscribers
 from pipeline.web import create_app, server
 from pipeline.web.signature import load_public_key
 from tests.emulators.sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_PATH, EventKey, event
@@ -236,7 +238,25 @@ def store_floor(database: Path, posts: list[list[dict[str, Any]]]) -> list[float
     return seconds
 
 
-def run(events: int, per_post: int, pg: bool) -> list[str]:
+def widen(store: Store, campaign_id: int, total: int) -> None:
+    """Record the campaign as sent to people beyond the bench's readers too, up to ``total`` messages
+    (they get no events: only the ledger's size matters)."""
+    with store.write() as conn:
+        already = conn.execute(
+            select(func.count()).where(deliveries.c.campaign_id == campaign_id)
+        ).scalar_one()
+        conn.execute(
+            text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :more) "
+                "INSERT INTO deliveries (campaign_id, subscriber_id, email, status, message_id) "
+                "SELECT :campaign, 1000000000 + i, 'other' || i || '@example.org', 'sent', "
+                "'<other' || i || '@bench>' FROM n"
+            ),
+            {"more": total - already, "campaign": campaign_id},
+        )
+
+
+def run(events: int, per_post: int, pg: bool, total_sent: int) -> list[str]:
     key = EventKey()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhook-")))
@@ -249,6 +269,8 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
         readers(store, folder, people)
         campaign = new_campaign(store, settings)
         sent = mark_sent(store, campaign.id, people)
+        if total_sent > people:
+            widen(store, campaign.id, total_sent)
         with store.read() as conn:
             email_of = dict(conn.execute(select(subscribers.c.id, subscribers.c.email)).all())
         items = phases([(d, s, email_of[s]) for d, s in sent], campaign.id)[:events]
@@ -290,7 +312,10 @@ def run(events: int, per_post: int, pg: bool) -> list[str]:
 
     engine = "PostgreSQL" if pg else "SQLite"
     print(f"SendGrid Event Webhook, {engine}: {len(items):,} signed events in posts of {per_post:,}")
-    print(f"  ({people:,} subscribers sent one campaign; one event in {REPEAT_EVERY} a repeat)")
+    print(
+        f"  ({people:,} subscribers of a campaign sent to {max(people, total_sent):,}; "
+        f"one event in {REPEAT_EVERY} a repeat)"
+    )
     print(f"  {'':<36} {'events/s':>9}  {'median post':>11}")
     for name, label in (
         ("ours", "ours   POST /webhooks/sendgrid"),
@@ -340,8 +365,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000, help="events posted to each route")
     parser.add_argument("--per-post", type=int, default=1_000, help="events in one post")
     parser.add_argument("--pg", action="store_true", help="store on a throwaway PostgreSQL server")
+    parser.add_argument(
+        "--sent",
+        type=int,
+        default=1_000_000,
+        help="messages the campaign recorded as sent (its ledger's size)",
+    )
     args = parser.parse_args()
-    wrong = run(args.events, args.per_post, args.pg)
+    wrong = run(args.events, args.per_post, args.pg, args.sent)
     for problem in wrong:
         print(f"WRONG: {problem}")
     sys.exit(1 if wrong else 0)

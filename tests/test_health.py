@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event as sql_events
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -156,6 +159,64 @@ def test_a_bounce_is_judged_at_once_and_a_resumed_unhealthy_campaign_pauses_at_i
     assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "bounce")]) == [(campaign.id, REASON)]
     campaigns.change_status(store, campaign.id, "resume")
     assert watch.enforce(store, [(campaign.id, "delivered")]) == [(campaign.id, REASON)]
+
+
+@contextmanager
+def ledger_counts(store: Store) -> Iterator[list[str]]:
+    """The statements inside the block that count a campaign's ledger rows."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM deliveries" in statement and "count(" in statement.lower():
+            seen.append(statement)
+
+    sql_events.listen(store.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sql_events.remove(store.engine, "before_cursor_execute", record)
+
+
+def test_a_bounce_that_leaves_the_rate_within_its_limit_on_the_last_count_reads_no_ledger(
+    guarded: Settings, store: Store, tmp_path: Path
+) -> None:
+    """A campaign's sent rows only grow, so the count last seen is a floor: a big campaign's ledger is
+    not counted again at every post that brings a bounce."""
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+    watch = health.Watch(guarded.web, clock=Clock(1000.0))
+    record_events(store, bounces(campaign.id, sent[:1]))
+    with ledger_counts(store) as first:
+        assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    record_events(store, bounces(campaign.id, sent[1:2]))  # 2 of 20: at the limit, not past it
+
+    with ledger_counts(store) as again:
+        assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+
+    assert len(first) == 1
+    assert again == []
+
+
+def test_bounces_past_the_limit_on_the_last_count_are_judged_on_the_ledger_counted_again(
+    guarded: Settings, store: Store, tmp_path: Path
+) -> None:
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, guarded)
+    sent = mark_sent(store, campaign.id, 20)
+    watch = health.Watch(guarded.web, clock=Clock(1000.0))
+    record_events(store, bounces(campaign.id, sent[:1]))
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == []  # 1 of 20
+    sent += mark_sent(store, campaign.id, 20)
+    record_events(store, bounces(campaign.id, sent[1:3]))  # 3 of 40: 15 % of the 20 counted before
+
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    assert campaigns.get_campaign(store, campaign.id).status == "running"
+    record_events(store, bounces(campaign.id, sent[3:5]))  # 5 of 40
+
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == [
+        (campaign.id, "paused automatically: bounce rate 12.5 % (5 of 40 sent) passed bounce_rate_limit 10 %")
+    ]
 
 
 def test_campaigns_show_tells_why_it_paused(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from pipeline.dispatch import campaigns
 from pipeline.errors import DispatchError
@@ -53,20 +54,27 @@ def percent(rate: float) -> str:
 
 def measure(store: Store, campaign_id: int) -> Health:
     """Messages sent (ledger) and hard bounces and spam reports reported for them (webhook)."""
-    d, e = deliveries.c, delivery_events.c
+    d = deliveries.c
     with store.read() as conn:
         sent = conn.execute(
             select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT)
         ).scalar_one()
-        counted = conn.execute(
-            select(e.kind, func.count())
-            .where(e.campaign_id == campaign_id, e.kind.in_(BOUNCE_KINDS + COMPLAINT_KINDS))
-            .group_by(e.kind)
-        )
-        kinds: dict[str, int] = {kind: int(n) for kind, n in counted}
+        return _harm(conn, campaign_id, int(sent))
+
+
+def _harm(conn: Connection, campaign_id: int, sent: int) -> Health:
+    """The campaign's hard bounces and spam reports beside ``sent``: a few index entries per harmful
+    event (where counting ``sent`` reads one per message)."""
+    e = delivery_events.c
+    counted = conn.execute(
+        select(e.kind, func.count())
+        .where(e.campaign_id == campaign_id, e.kind.in_(BOUNCE_KINDS + COMPLAINT_KINDS))
+        .group_by(e.kind)
+    )
+    kinds: dict[str, int] = {kind: int(n) for kind, n in counted}
     bounces = sum(kinds.get(kind, 0) for kind in BOUNCE_KINDS)
     complaints = sum(kinds.get(kind, 0) for kind in COMPLAINT_KINDS)
-    return Health(campaign_id, int(sent), bounces, complaints)
+    return Health(campaign_id, sent, bounces, complaints)
 
 
 def verdict(health: Health, limits: WebSettings) -> str | None:
@@ -116,14 +124,18 @@ them (more messages sent)."""
 
 
 class Watch:
-    """``enforce`` for the campaigns of each webhook post, without counting the ledger of a campaign
-    whose verdict the post cannot have changed.
+    """``enforce`` for the campaigns of each webhook post, without counting the ledger where the count
+    cannot change the verdict.
 
     A campaign found healthy with enough sent to judge (``health_min_sent``) can only become unhealthy
-    through new bounces or complaints: each post that brings it one judges it again. Other changes
-    reach it at most ``fresh_seconds`` late (bounces that came by the mailbox while it was paused and
-    then resumed): an older verdict is never trusted. A campaign too young to judge, unhealthy or not
-    running is judged at every post, as before.
+    through new bounces or complaints: a post without any leaves it be, for ``fresh_seconds`` at most
+    (bounces that came by the mailbox while it was paused and then resumed reach it that late), and an
+    older verdict is never trusted. A post that brings one judges it again, on the sent count last
+    seen: a campaign's sent rows only ever grow (nothing moves a row out of ``sent``, and campaigns are
+    never deleted), so if the rates on that count pass no limit, the rates on today's larger count do
+    not either. Only otherwise is the ledger counted again. A campaign of a million costs a count of a
+    million (tens of ms) only each time its bounces or complaints have grown by the margin to their
+    limit since the last count, not at nearly every post of its delivered events.
     """
 
     def __init__(
@@ -132,6 +144,8 @@ class Watch:
         self.limits, self.fresh_seconds, self.clock = limits, fresh_seconds, clock
         self._healthy: dict[int, float] = {}
         """Campaigns judged healthy with enough sent, and when."""
+        self._sent: dict[int, int] = {}
+        """The sent count of each campaign when last counted: a floor under its count now."""
         self._lock = threading.Lock()
 
     def enforce(self, store: Store, reported: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -143,7 +157,7 @@ class Watch:
         for campaign_id in sorted(harmed):
             if not harmed[campaign_id] and self._fresh(campaign_id):
                 continue
-            health = _running_health(store, campaign_id)
+            health = self._health(store, campaign_id)
             reason = None if health is None else verdict(health, self.limits)
             with self._lock:
                 if health is not None and reason is None and health.sent >= self.limits.health_min_sent:
@@ -153,6 +167,22 @@ class Watch:
             if reason is not None and _pause(store, campaign_id, reason) is not None:
                 paused.append((campaign_id, reason))
         return paused
+
+    def _health(self, store: Store, campaign_id: int) -> Health | None:
+        """The running campaign's health (None when it is not running): on its last sent count when that
+        count already proves it healthy, else on the ledger counted now."""
+        if campaigns.get_campaign(store, campaign_id).status != CampaignStatus.RUNNING:
+            return None
+        with self._lock:
+            floor = self._sent.get(campaign_id, 0)
+        with store.read() as conn:
+            on_floor = _harm(conn, campaign_id, floor)
+        if floor >= self.limits.health_min_sent and verdict(on_floor, self.limits) is None:
+            return on_floor
+        health = measure(store, campaign_id)
+        with self._lock:
+            self._sent[campaign_id] = max(health.sent, self._sent.get(campaign_id, 0))
+        return health
 
     def _fresh(self, campaign_id: int) -> bool:
         with self._lock:
