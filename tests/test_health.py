@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event as sql_events
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -20,6 +17,7 @@ from pipeline.store.engine import Store, open_store
 from pipeline.web import create_app
 from tests.emulators.sendgrid_events import EventKey, event, post_events
 from tests.fixtures.project import cli_invoker
+from tests.fixtures.store import statements
 from tests.fixtures.web import OpenClient
 from tests.transport_helpers import new_campaign
 from tests.web_support import Clock, mark_sent, readers, send_everything, web_settings
@@ -122,100 +120,85 @@ def test_too_few_sent_to_judge_and_campaigns_not_running_are_left_alone(
     assert health.enforce(store, finished.id, guarded.web) is None
 
 
+def judged_healthy(
+    store: Store, settings: Settings, tmp_path: Path, clock: Clock
+) -> tuple[int, list[tuple[int, int]], health.Watch]:
+    """A running campaign sent to 20 readers, one of whom bounced, judged healthy by a new watch:
+    (its id, its rows sent, the watch)."""
+    readers(store, tmp_path, 40)
+    campaign = new_campaign(store, settings)
+    sent = mark_sent(store, campaign.id, 20)
+    watch = health.Watch(settings.web, fresh_seconds=60, clock=clock)
+    record_events(store, bounces(campaign.id, sent[:1]))  # 1 of 20
+    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    return campaign.id, sent, watch
+
+
 def test_a_campaign_found_healthy_is_judged_again_by_its_next_bounce_or_a_minute_later(
     guarded: Settings, store: Store, tmp_path: Path
 ) -> None:
     """The watch spares the webhook the ledger count of a healthy campaign's posts of opens and
     clicks, never a post with a bounce, and never trusts a verdict older than ``fresh_seconds``."""
-    readers(store, tmp_path, 40)
-    campaign = new_campaign(store, guarded)
-    sent = mark_sent(store, campaign.id, 20)
     clock = Clock(1000.0)
-    watch = health.Watch(guarded.web, fresh_seconds=60, clock=clock)
-    record_events(store, bounces(campaign.id, sent[:1]))  # 1 of 20: healthy
-    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    campaign_id, sent, watch = judged_healthy(store, guarded, tmp_path, clock)
     record_events(
-        store, bounces(campaign.id, sent[1:3])
+        store, bounces(campaign_id, sent[1:3])
     )  # 3 of 20 now, by the mailbox: not seen by the watch
 
-    assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "click")]) == []
-    assert campaigns.get_campaign(store, campaign.id).status == "running"
+    assert watch.enforce(store, [(campaign_id, "open"), (campaign_id, "click")]) == []
+    assert campaigns.get_campaign(store, campaign_id).status == "running"
     clock.advance(61)
-    assert watch.enforce(store, [(campaign.id, "open")]) == [(campaign.id, REASON)]
-    assert campaigns.get_campaign(store, campaign.id).status == "paused"
+    assert watch.enforce(store, [(campaign_id, "open")]) == [(campaign_id, REASON)]
+    assert campaigns.get_campaign(store, campaign_id).status == "paused"
 
 
 def test_a_bounce_is_judged_at_once_and_a_resumed_unhealthy_campaign_pauses_at_its_next_event(
     guarded: Settings, store: Store, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 40)
-    campaign = new_campaign(store, guarded)
-    sent = mark_sent(store, campaign.id, 20)
-    watch = health.Watch(guarded.web, clock=Clock(1000.0))
-    record_events(store, bounces(campaign.id, sent[:1]))
-    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
-    record_events(store, bounces(campaign.id, sent[1:3]))
+    campaign_id, sent, watch = judged_healthy(store, guarded, tmp_path, Clock(1000.0))
+    record_events(store, bounces(campaign_id, sent[1:3]))
 
-    assert watch.enforce(store, [(campaign.id, "open"), (campaign.id, "bounce")]) == [(campaign.id, REASON)]
-    campaigns.change_status(store, campaign.id, "resume")
-    assert watch.enforce(store, [(campaign.id, "delivered")]) == [(campaign.id, REASON)]
+    assert watch.enforce(store, [(campaign_id, "open"), (campaign_id, "bounce")]) == [(campaign_id, REASON)]
+    campaigns.change_status(store, campaign_id, "resume")
+    assert watch.enforce(store, [(campaign_id, "delivered")]) == [(campaign_id, REASON)]
 
 
-@contextmanager
-def ledger_counts(store: Store) -> Iterator[list[str]]:
-    """The statements inside the block that count a campaign's ledger rows."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "FROM deliveries" in statement and "count(" in statement.lower():
-            seen.append(statement)
-
-    sql_events.listen(store.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sql_events.remove(store.engine, "before_cursor_execute", record)
+def ledger_counts(seen: list[str]) -> list[str]:
+    """The statements among ``seen`` that count a campaign's ledger rows."""
+    return [sql for sql in seen if "FROM deliveries" in sql and "count(" in sql.lower()]
 
 
 def test_a_bounce_that_leaves_the_rate_within_its_limit_on_the_last_count_reads_no_ledger(
     guarded: Settings, store: Store, tmp_path: Path
 ) -> None:
     """A campaign's sent rows only grow, so the count last seen is a floor: a big campaign's ledger is
-    not counted again at every post that brings a bounce."""
-    readers(store, tmp_path, 40)
-    campaign = new_campaign(store, guarded)
-    sent = mark_sent(store, campaign.id, 20)
-    watch = health.Watch(guarded.web, clock=Clock(1000.0))
-    record_events(store, bounces(campaign.id, sent[:1]))
-    with ledger_counts(store) as first:
-        assert watch.enforce(store, [(campaign.id, "bounce")]) == []
-    record_events(store, bounces(campaign.id, sent[1:2]))  # 2 of 20: at the limit, not past it
+    not counted again at every post that brings a bounce, only once the bounces pass the limit on it."""
+    campaign_id, sent, watch = judged_healthy(store, guarded, tmp_path, Clock(1000.0))
+    record_events(store, bounces(campaign_id, sent[1:2]))  # 2 of 20: at the limit, not past it
 
-    with ledger_counts(store) as again:
-        assert watch.enforce(store, [(campaign.id, "bounce")]) == []
+    with statements(store) as within:
+        assert watch.enforce(store, [(campaign_id, "bounce")]) == []
+    record_events(store, bounces(campaign_id, sent[2:3]))  # 3 of 20: past it
+    with statements(store) as past:
+        assert watch.enforce(store, [(campaign_id, "bounce")]) == [(campaign_id, REASON)]
 
-    assert len(first) == 1
-    assert again == []
+    assert ledger_counts(within) == []
+    assert len(ledger_counts(past)) == 1
 
 
 def test_bounces_past_the_limit_on_the_last_count_are_judged_on_the_ledger_counted_again(
     guarded: Settings, store: Store, tmp_path: Path
 ) -> None:
-    readers(store, tmp_path, 40)
-    campaign = new_campaign(store, guarded)
-    sent = mark_sent(store, campaign.id, 20)
-    watch = health.Watch(guarded.web, clock=Clock(1000.0))
-    record_events(store, bounces(campaign.id, sent[:1]))
-    assert watch.enforce(store, [(campaign.id, "bounce")]) == []  # 1 of 20
-    sent += mark_sent(store, campaign.id, 20)
-    record_events(store, bounces(campaign.id, sent[1:3]))  # 3 of 40: 15 % of the 20 counted before
+    campaign_id, sent, watch = judged_healthy(store, guarded, tmp_path, Clock(1000.0))
+    sent += mark_sent(store, campaign_id, 20)
+    record_events(store, bounces(campaign_id, sent[1:3]))  # 3 of 40: 15 % of the 20 counted before
 
-    assert watch.enforce(store, [(campaign.id, "bounce")]) == []
-    assert campaigns.get_campaign(store, campaign.id).status == "running"
-    record_events(store, bounces(campaign.id, sent[3:5]))  # 5 of 40
+    assert watch.enforce(store, [(campaign_id, "bounce")]) == []
+    assert campaigns.get_campaign(store, campaign_id).status == "running"
+    record_events(store, bounces(campaign_id, sent[3:5]))  # 5 of 40
 
-    assert watch.enforce(store, [(campaign.id, "bounce")]) == [
-        (campaign.id, "paused automatically: bounce rate 12.5 % (5 of 40 sent) passed bounce_rate_limit 10 %")
+    assert watch.enforce(store, [(campaign_id, "bounce")]) == [
+        (campaign_id, "paused automatically: bounce rate 12.5 % (5 of 40 sent) passed bounce_rate_limit 10 %")
     ]
 
 

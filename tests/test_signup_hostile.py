@@ -23,7 +23,7 @@ import httpx2
 import pytest
 from aiosmtpd.controller import Controller
 from playwright.sync_api import Page
-from sqlalchemy import event, select
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -39,7 +39,7 @@ from pipeline.transports.smtp import SmtpTransport
 from pipeline.web import create_app
 from pipeline.web.context import web_of
 from tests.fixtures.smtp import SinkHandler, SmtpServer
-from tests.fixtures.store import snapshot
+from tests.fixtures.store import snapshot, statements
 from tests.fixtures.web import OpenClient
 from tests.mail import outbox_messages, outbox_transport
 from tests.signup_support import WAIT, another_site, live_app, settle, settle_app
@@ -316,21 +316,6 @@ def known(store: Store) -> dict[str, str]:
         "suppressed": "blocked@example.com",
         "new": "newbie@example.com",
     }
-
-
-@contextmanager
-def statements(store: Store) -> Iterator[list[str]]:
-    """Every SQL statement the store runs inside the block."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        seen.append(statement.split()[0].upper())
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
 
 
 def test_the_answer_does_the_same_work_for_a_known_and_a_new_address(
