@@ -12,6 +12,7 @@ post of events; ``Watch`` spares the webhook that count where it cannot change t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -54,12 +55,15 @@ def percent(rate: float) -> str:
 
 def measure(store: Store, campaign_id: int) -> Health:
     """Messages sent (ledger) and hard bounces and spam reports reported for them (webhook)."""
-    d = deliveries.c
     with store.read() as conn:
-        sent = conn.execute(
-            select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT)
-        ).scalar_one()
-        return _harm(conn, campaign_id, int(sent))
+        return _harm(conn, campaign_id, _sent(conn, campaign_id))
+
+
+def _sent(conn: Connection, campaign_id: int) -> int:
+    """The campaign's messages sent: one index entry read per message."""
+    d = deliveries.c
+    query = select(func.count()).where(d.campaign_id == campaign_id, d.status == DeliveryStatus.SENT)
+    return int(conn.execute(query).scalar_one())
 
 
 def _harm(conn: Connection, campaign_id: int, sent: int) -> Health:
@@ -96,11 +100,14 @@ def verdict(health: Health, limits: WebSettings) -> str | None:
     return None
 
 
+def _running(store: Store, campaign_id: int) -> bool:
+    """Whether the campaign is running (only a running campaign has anything to pause)."""
+    return campaigns.get_campaign(store, campaign_id).status == CampaignStatus.RUNNING
+
+
 def _running_health(store: Store, campaign_id: int) -> Health | None:
     """The health of a running campaign; None for one that is not running (nothing to pause)."""
-    if campaigns.get_campaign(store, campaign_id).status != CampaignStatus.RUNNING:
-        return None
-    return measure(store, campaign_id)
+    return measure(store, campaign_id) if _running(store, campaign_id) else None
 
 
 def _pause(store: Store, campaign_id: int, reason: str) -> str | None:
@@ -171,15 +178,15 @@ class Watch:
     def _health(self, store: Store, campaign_id: int) -> Health | None:
         """The running campaign's health (None when it is not running): on its last sent count when that
         count already proves it healthy, else on the ledger counted now."""
-        if campaigns.get_campaign(store, campaign_id).status != CampaignStatus.RUNNING:
+        if not _running(store, campaign_id):
             return None
         with self._lock:
             floor = self._sent.get(campaign_id, 0)
         with store.read() as conn:
-            on_floor = _harm(conn, campaign_id, floor)
-        if floor >= self.limits.health_min_sent and verdict(on_floor, self.limits) is None:
-            return on_floor
-        health = measure(store, campaign_id)
+            health = _harm(conn, campaign_id, floor)
+            if floor >= self.limits.health_min_sent and verdict(health, self.limits) is None:
+                return health
+            health = dataclasses.replace(health, sent=_sent(conn, campaign_id))
         with self._lock:
             self._sent[campaign_id] = max(health.sent, self._sent.get(campaign_id, 0))
         return health
